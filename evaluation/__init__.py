@@ -1,0 +1,1 @@
+"""`python -m evaluation.eval_retrieval`: thin entry point into llm_embedder.retrieval."""

@@ -1,0 +1,34 @@
+"""``llm-embedder`` command: one entry point, subcommands registered in :data:`SUBCOMMANDS`.
+
+Each subcommand lives in its own module as ``main(argv: list[str] | None) -> int | None``; this file
+only dispatches, so adding a tool is one line here.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("llm_embedder.validate:main", "check schema files and report every problem as file:line: field: what"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: llm-embedder COMMAND [ARGS]\n\ncommands:")
+        for name, (_, help_text) in sorted(SUBCOMMANDS.items()):
+            print(f"  {name:<10} {help_text}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown command '{name}' (known: {', '.join(sorted(SUBCOMMANDS))})", file=sys.stderr)
+        return 2
+    module_name, func_name = SUBCOMMANDS[name][0].split(":")
+    result = getattr(importlib.import_module(module_name), func_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

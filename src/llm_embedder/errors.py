@@ -1,0 +1,26 @@
+"""One exception type for mistakes a user can fix.
+
+Every check of user input (files, arguments, model names) raises :class:`UserError` with a one-line
+message that names the file and line or the argument. The CLIs catch it and print only that line
+(exit status 2), so bad input never surfaces as a traceback.
+"""
+
+
+class UserError(ValueError):
+    """A problem in the user's input, reported as one line that says what to fix."""
+
+
+def cli_guard(main):
+    """Wrap a CLI ``main(argv=None)`` so a :class:`UserError` prints one line and exits 2."""
+    import functools
+    import sys
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped

