@@ -1,0 +1,86 @@
+"""Argument dataclasses for ``run_dense.py``: model, data and training (a ``TrainingArguments`` subclass).
+
+Names follow the reference LLM-Embedder ``run_dense.py`` and Hugging Face. Defaults are this project's:
+fp32 master weights (``--bf16`` is opt-in), no instructions unless ``--add_instruction`` (and then the
+LLM-Embedder ones from the task registry), MiniLM as the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    """Which encoder to train and how it embeds text."""
+
+    model_name_or_path: str = field(default="minilm", metadata={"help": "Local HF/sentence-transformers directory or alias (minilm)."})
+    pooling_method: str = field(default="mean", metadata={"help": "cls | mean | last (eos), left/right padding aware."})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (cosine similarity)."})
+    query_max_length: int = field(default=64, metadata={"help": "Max query tokens, instruction included."})
+    key_max_length: int = field(default=256, metadata={"help": "Max key (passage) tokens, instruction included."})
+    tie_encoders: bool = field(default=True, metadata={"help": "One encoder for queries and keys (False: a separate key encoder)."})
+    add_pooler: bool = field(default=False, metadata={"help": "Add a trainable linear projection on top of pooling."})
+    projection_out_dim: Optional[int] = field(default=None, metadata={"help": "Output size of the --add_pooler projection (default: hidden size)."})
+    cos_temperature: float = field(default=0.01, metadata={"help": "τ in s(q,k) = <q,k>/τ."})
+    add_instruction: bool = field(default=False, metadata={"help": "Prepend each task's LLM-Embedder query/key instructions."})
+    task_config: Optional[str] = field(default=None, metadata={"help": "JSON/YAML file overriding task recipes or registering new tasks."})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names LoRA adapts (default: attention query/key/value)."})
+
+
+@dataclass
+class DataArguments:
+    """Training files, evaluation files and how examples are built from them."""
+
+    train_data: Optional[list[str]] = field(default=None, metadata={"help": "Schema files or directories (repeat a file to upsample it); `llm-embedder:` prefix allowed."})
+    eval_data: Optional[str] = field(default=None, metadata={"help": "Schema file with positives (pos_index or pos) for retrieval evaluation."})
+    corpus: Optional[str] = field(default=None, metadata={"help": "Corpus JSONL; row number = key index for pos_index/neg_index and evaluation."})
+    key_template: Optional[str] = field(default=None, metadata={"help": "Key text from a corpus row, e.g. '{title} {text}' (default: title + text)."})
+    default_task: str = field(default="qa", metadata={"help": "Task of records without a `task` field."})
+    train_group_size: int = field(default=8, metadata={"help": "Keys per query: 1 positive + (G-1) negatives."})
+    select_positive: str = field(default="first", metadata={"help": "first | random | teacher (highest teacher score)."})
+    select_negative: str = field(default="random", metadata={"help": "random | top (highest teacher score / first listed)."})
+    teacher_scores_margin: Optional[float] = field(default=None, metadata={"help": "Drop rows whose positive beats the best negative by less than this."})
+    teacher_scores_min: Optional[float] = field(default=None, metadata={"help": "Drop rows whose positive teacher score is below this."})
+    inbatch_same_dataset: str = field(default="epoch", metadata={"help": "Task-homogeneous batches: epoch (every example once) | random (files by size or --dataset_weights)."})
+    dataset_weights: Optional[list[float]] = field(default=None, metadata={"help": "Sampling weight per --train_data file in random mode."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N records of each training file."})
+    metrics: list[str] = field(default_factory=lambda: ["mrr", "recall", "ndcg"], metadata={"help": "mrr recall ndcg map (nq needs answers)."})
+    cutoffs: list[int] = field(default_factory=lambda: [1, 10, 100], metadata={"help": "Metric cutoffs."})
+    hits: int = field(default=100, metadata={"help": "Keys retrieved per query during evaluation."})
+    max_eval_queries: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N queries of --eval_data."})
+    eval_corpus_subsample: Optional[int] = field(default=None, metadata={"help": "Cheaper eval: all positives + N seeded other corpus rows."})
+    eval_on_groups: bool = field(default=False, metadata={"help": "Cheaper eval: rank each query's own pos+neg group (Trove-style)."})
+
+
+@dataclass
+class RetrievalTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the loss options of LLM-Embedder (DESIGN.md §3)."""
+
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Where checkpoints, the final model and metrics.json go."})
+    contrastive_weight: float = field(default=1.0, metadata={"help": "α in α·contrastive + β·distill."})
+    distill_weight: float = field(default=1.0, metadata={"help": "β in α·contrastive + β·distill (used where teacher_scores exist)."})
+    stable_distill: bool = field(default=False, metadata={"help": "Rank-aware stable distillation instead of KL."})
+    stable_distill_positive_first: bool = field(default=True, metadata={"help": "Stable distillation: the labelled positive ranks first regardless of its teacher score."})
+    distill_loss: str = field(default="kl", metadata={"help": "Distillation when not stable: kl | margin_mse."})
+    teacher_temperature: float = field(default=1.0, metadata={"help": "T_t: softmax(teacher / T_t)."})
+    student_temperature: float = field(default=1.0, metadata={"help": "T_s: softmax(s(q,k) / T_s) in KL distillation."})
+    inbatch_negatives: bool = field(default=True, metadata={"help": "Other queries' keys are negatives in the contrastive loss."})
+    negative_cross_device: bool = field(default=False, metadata={"help": "Gather keys from all processes as negatives."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches are built by our collator."})
+    report_to: Optional[list[str]] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints for --resume_from_checkpoint)."})
+    eval_strategy: str = field(default="no", metadata={"help": "no | steps | epoch; the final evaluation runs whenever --eval_data is set."})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            from ..errors import UserError
+
+            raise UserError("--output_dir: required (where the trained model and metrics.json go)")
+        super().__post_init__()

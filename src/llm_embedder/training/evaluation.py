@@ -1,0 +1,58 @@
+"""Retrieval evaluation during training: encode the corpus, search it, compute metrics.
+
+Built once from ``--eval_data``/``--corpus`` (validated before training starts) and called by the
+trainer at ``eval_steps`` and at the end. Three modes, each labelled in every output: the full corpus,
+a seeded corpus subsample (all positives plus N other rows), or each query's own candidate group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..corpus import Corpus
+from ..schema import RecordFile
+from ..tasks import get_task
+
+
+@dataclass
+class RetrievalEvaluator:
+    records: RecordFile
+    corpus: Corpus | None
+    metrics: list[str]
+    cutoffs: list[int]
+    task: str = "qa"
+    add_instruction: bool = False
+    hits: int = 100
+    batch_size: int = 64
+    corpus_subsample: int | None = None
+    on_groups: bool = False
+    seed: int = 0
+
+    @property
+    def mode(self) -> str:
+        if self.on_groups:
+            return "groups"
+        if self.corpus_subsample:
+            return f"subsample(N={self.corpus_subsample}, seed={self.seed})"
+        return "full"
+
+    def instructions(self) -> tuple[str, str]:
+        if not self.add_instruction:
+            return "", ""
+        recipe = get_task(self.task)
+        return recipe.query_instruction, recipe.key_instruction
+
+    def __call__(self, encoder) -> dict:
+        from ..retrieval.evaluate import evaluate_dense, evaluate_groups
+
+        query_instruction, key_instruction = self.instructions()
+        if self.on_groups:
+            result = evaluate_groups(encoder, self.records, self.corpus, self.metrics, self.cutoffs,
+                                     query_instruction=query_instruction, key_instruction=key_instruction,
+                                     batch_size=self.batch_size)
+        else:
+            result = evaluate_dense(encoder, self.records, self.corpus, self.metrics, self.cutoffs,
+                                    query_instruction=query_instruction, key_instruction=key_instruction,
+                                    batch_size=self.batch_size, corpus_subsample=self.corpus_subsample,
+                                    seed=self.seed, hits=self.hits)
+        metrics = {k: v for k, v in result.get("metrics", result).items() if isinstance(v, (int, float))}
+        return metrics

@@ -1,0 +1,60 @@
+"""The module the Trainer optimises: a DenseEncoder plus the per-task loss recipe.
+
+Everything that produces a gradient runs inside ``forward`` so that DDP and DeepSpeed see one forward
+call per step (calling encoder methods from the trainer directly would bypass their gradient hooks).
+The loss itself lives in :mod:`llm_embedder.modeling.losses`; this module only picks each batch's
+``LossParams`` from its task recipe, with the command-line values as defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..modeling.losses import LossParams, compute_loss
+from ..tasks import get_task
+
+# LossParams fields a task recipe may override (recipe field name == LossParams field name)
+RECIPE_LOSS_FIELDS = ("contrastive_weight", "distill_weight", "stable_distill", "teacher_temperature",
+                      "student_temperature")
+
+
+class EmbedderModel(nn.Module):
+    """``forward(query_inputs, key_inputs, teacher_scores, task, group_size) -> {"loss", "contrastive", "distill"}``."""
+
+    def __init__(self, encoder, default_params: LossParams):
+        super().__init__()
+        self.encoder = encoder
+        self.default_params = default_params
+        self.config = getattr(encoder, "config", None)  # some Trainer code paths read model.config
+        self._params_cache: dict[str, LossParams] = {}
+
+    def loss_params(self, task: str) -> LossParams:
+        """The command-line loss options overridden by the task recipe's non-empty fields."""
+        if task not in self._params_cache:
+            recipe = get_task(task)
+            overrides = {name: getattr(recipe, name) for name in RECIPE_LOSS_FIELDS if getattr(recipe, name) is not None}
+            if recipe.inbatch_negatives is not None:
+                overrides["inbatch_negatives"] = recipe.inbatch_negatives
+            self._params_cache[task] = dataclasses.replace(self.default_params, **overrides)
+        return self._params_cache[task]
+
+    def forward(self, query_inputs, key_inputs, teacher_scores=None, task: str = "qa", group_size: int | None = None, **_):
+        q = self.encoder.embed(query_inputs, side="query")
+        k = self.encoder.embed(key_inputs, side="key")
+        group_size = group_size or k.shape[0] // q.shape[0]
+        if teacher_scores is not None:
+            teacher_scores = teacher_scores.to(q.dtype)
+        return compute_loss(q, k, teacher_scores, group_size, self.loss_params(task))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        if hasattr(self.encoder, "gradient_checkpointing_disable"):
+            self.encoder.gradient_checkpointing_disable()
+
+    @torch.no_grad()
+    def encode(self, *args, **kwargs):
+        return self.encoder.encode(*args, **kwargs)

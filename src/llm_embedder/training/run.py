@@ -1,0 +1,182 @@
+"""``run_dense.py``: parse arguments, validate every input file, then train and evaluate.
+
+All checks of user input (files, records, indices, task names, argument values) happen before the
+model is loaded, so a mistake costs seconds, not a training run.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from ..errors import UserError, cli_guard
+from .arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+
+logger = logging.getLogger("llm_embedder.train")
+
+CHOICES = {
+    "select_positive": ("first", "random", "teacher"),
+    "select_negative": ("random", "top"),
+    "inbatch_same_dataset": ("epoch", "random"),
+    "distill_loss": ("kl", "margin_mse"),
+}
+
+
+def parse_args(argv=None):
+    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def check_choices(*arg_objects) -> None:
+    for obj in arg_objects:
+        for name, allowed in CHOICES.items():
+            value = getattr(obj, name, None)
+            if value is not None and value not in allowed:
+                raise UserError(f"--{name}: '{value}' is not one of {', '.join(allowed)}")
+
+
+def expand_train_files(paths: list[str]) -> list[Path]:
+    """Resolve ``llm-embedder:`` prefixes and directories (their ``*.json`` files, sorted); repeats are kept."""
+    from ..resources import resolve_data_path
+
+    files = []
+    for raw in paths:
+        path = resolve_data_path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.json") if not p.name.endswith(".meta.json"))
+            if not found:
+                raise UserError(f"--train_data: directory {path} has no *.json files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"--train_data: {raw}: no such file or directory")
+    return files
+
+
+def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: RetrievalTrainingArguments):
+    """Read and validate the corpus, training and evaluation files; returns (corpus, train files, eval file)."""
+    from ..corpus import load_corpus
+    from ..schema import read_records
+    from ..tasks import known_tasks, load_task_config
+
+    check_choices(data_args, training_args)
+    if model_args.task_config:
+        load_task_config(model_args.task_config)
+    if data_args.default_task not in known_tasks():
+        raise UserError(f"--default_task: unknown task '{data_args.default_task}' (known: {', '.join(known_tasks())})")
+    if not data_args.train_data and not training_args.do_eval and not data_args.eval_data:
+        raise UserError("--train_data: give at least one training file (or --eval_data to only evaluate)")
+    corpus = load_corpus(data_args.corpus, data_args.key_template) if data_args.corpus else None
+    size = len(corpus) if corpus is not None else None
+    train_files = []
+    for path in expand_train_files(data_args.train_data or []):
+        rf = read_records(path, purpose="train", corpus_size=size, known_tasks=known_tasks())
+        if corpus is None and any(r.get("pos_index") or r.get("neg_index") for r in rf.records) \
+                and not all(r.get("pos") is not None or not r.get("pos_index") for r in rf.records):
+            raise UserError(f"--corpus: {path} refers to corpus rows (pos_index/neg_index) without texts; pass --corpus")
+        if data_args.max_train_samples:
+            rf.records, rf.lines = rf.records[: data_args.max_train_samples], rf.lines[: data_args.max_train_samples]
+        train_files.append(rf)
+    eval_file = None
+    if data_args.eval_data:
+        eval_file = read_records(data_args.eval_data, purpose="eval", corpus_size=size, known_tasks=known_tasks())
+        if corpus is None and not data_args.eval_on_groups:
+            raise UserError("--corpus: retrieval evaluation of --eval_data needs a corpus (or use --eval_on_groups)")
+        if data_args.max_eval_queries:
+            eval_file.records, eval_file.lines = eval_file.records[: data_args.max_eval_queries], eval_file.lines[: data_args.max_eval_queries]
+    return corpus, train_files, eval_file
+
+
+def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tuple[str, str]]:
+    """{task: (query instruction, key instruction)} stored with the saved model (empty without --add_instruction)."""
+    from ..tasks import get_task
+
+    if not add_instruction:
+        return {}
+    return {t: (get_task(t).query_instruction, get_task(t).key_instruction) for t in tasks}
+
+
+def run_info(model_args, data_args, training_args) -> dict:
+    """Arguments and library versions recorded next to every output."""
+    import platform
+
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "args": {"model": vars(model_args), "data": vars(data_args), "training": training_args.to_dict()},
+        "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def build_trainer(model_args, data_args, training_args):
+    """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
+    from ..data.collator import EmbedderCollator
+    from ..data.dataset import TrainDataset
+    from ..modeling.encoder import DenseEncoder
+    from .evaluation import RetrievalEvaluator
+    from .trainer import EmbedderTrainer
+
+    corpus, train_files, eval_file = load_inputs(model_args, data_args, training_args)
+    encoder = DenseEncoder.from_pretrained(
+        model_args.model_name_or_path, pooling_method=model_args.pooling_method, normalize=model_args.normalize,
+        query_max_length=model_args.query_max_length, key_max_length=model_args.key_max_length,
+        tie_encoders=model_args.tie_encoders, add_pooler=model_args.add_pooler,
+        projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        lora_target_modules=model_args.lora_target_modules,
+    )
+    train_dataset = None
+    tasks = {data_args.default_task}
+    if train_files:
+        train_dataset = TrainDataset(train_files, corpus=corpus, args=data_args)
+        tasks |= set(train_dataset.tasks)
+    evaluator = None
+    if eval_file is not None:
+        evaluator = RetrievalEvaluator(
+            eval_file, corpus, data_args.metrics, data_args.cutoffs, task=eval_file.records[0].get("task", data_args.default_task),
+            add_instruction=model_args.add_instruction, hits=data_args.hits,
+            batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
+            on_groups=data_args.eval_on_groups, seed=training_args.seed)
+    trainer = EmbedderTrainer(
+        model=encoder, args=training_args, train_dataset=train_dataset,
+        data_collator=EmbedderCollator(encoder, add_instruction=model_args.add_instruction, default_task=data_args.default_task),
+        evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
+        instructions=task_instructions(sorted(tasks), model_args.add_instruction),
+        cos_temperature=model_args.cos_temperature, run_info=run_info(model_args, data_args, training_args),
+    )
+    return trainer
+
+
+@cli_guard
+def main(argv=None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
+                        if training_args.process_index == 0 else logging.WARNING)
+    trainer = build_trainer(model_args, data_args, training_args)
+    from ..schema import write_json
+
+    if trainer.is_world_process_zero():
+        write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)
+    metrics = {}
+    if trainer.train_dataset is not None:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model(training_args.output_dir)
+    if trainer.evaluator is not None:
+        metrics = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            logger.info("final retrieval metrics (%s corpus): %s", trainer.evaluator.mode,
+                        {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+    return metrics

@@ -1,0 +1,191 @@
+"""EmbedderTrainer: Hugging Face ``Trainer`` for dense retrievers with task-homogeneous batches.
+
+What it changes in ``Trainer`` and why:
+- the train dataloader uses :class:`~llm_embedder.data.sampler.TaskBatchSampler` (every global batch
+  from one file, identical on all ranks, deterministic per epoch, so ``--resume_from_checkpoint``
+  replays exactly the batches the interrupted run would have seen) and is not re-sharded by accelerate;
+- ``compute_loss`` runs the :class:`EmbedderModel` and logs each task's loss terms;
+- ``evaluate`` is real retrieval (corpus encoding + faiss + pytrec_eval), written to ``metrics.json``;
+- saving writes a model directory that ``SentenceTransformer(dir)`` and ``AutoModel.from_pretrained(dir)``
+  both load; checkpoints also keep the raw training state so resuming restores every weight exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from ..modeling.losses import LossParams
+from ..schema import write_json
+from .model import EmbedderModel
+
+TRAINING_STATE = "llm_embedder_training_state.safetensors"
+
+
+class _EpochAwareLoader(DataLoader):
+    """A DataLoader whose ``set_epoch`` reaches the batch sampler (Trainer calls it every epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+
+def loss_params_from_args(args, cos_temperature: float) -> LossParams:
+    """The command-line loss options as LossParams (task recipes override them per batch)."""
+    return LossParams(
+        contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
+        stable_distill=args.stable_distill, stable_distill_positive_first=args.stable_distill_positive_first,
+        teacher_temperature=args.teacher_temperature, student_temperature=args.student_temperature,
+        cos_temperature=cos_temperature, inbatch_negatives=args.inbatch_negatives,
+        negative_cross_device=args.negative_cross_device, distill_loss=args.distill_loss,
+    )
+
+
+class EmbedderTrainer(Trainer):
+    """Trainer for a :class:`DenseEncoder` (or an :class:`EmbedderModel` wrapping one).
+
+    ``evaluator`` is a callable ``encoder -> {metric: value}`` (see :class:`RetrievalEvaluator`);
+    ``sampler_mode``/``dataset_weights`` configure the task-homogeneous batch sampler;
+    ``instructions`` ({task: (query_instruction, key_instruction)}) are stored with the saved model.
+    """
+
+    def __init__(self, model=None, args=None, *, evaluator=None, sampler_mode: str = "epoch",
+                 dataset_weights=None, instructions=None, cos_temperature: float = 0.01, run_info=None, **kwargs):
+        if model is not None and not isinstance(model, EmbedderModel):
+            model = EmbedderModel(model, loss_params_from_args(args, cos_temperature))
+        super().__init__(model=model, args=args, **kwargs)
+        self.evaluator = evaluator
+        self.sampler_mode = sampler_mode
+        self.dataset_weights = dataset_weights
+        self.instructions = instructions or {}
+        self.run_info = run_info or {}
+        self._task_loss_sums = defaultdict(lambda: defaultdict(float))
+        self._task_steps = defaultdict(int)
+        self._saving_checkpoint = False
+
+    @property
+    def encoder(self):
+        return self.accelerator.unwrap_model(self.model).encoder
+
+    # ---- data -------------------------------------------------------------------------------------
+    def make_batch_sampler(self):
+        from ..data.sampler import TaskBatchSampler
+
+        return TaskBatchSampler(
+            self.train_dataset.file_sizes, per_device_batch_size=self.args.per_device_train_batch_size,
+            world_size=self.args.world_size, rank=self.args.process_index, mode=self.sampler_mode,
+            dataset_weights=self.dataset_weights, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            drop_last=True,
+        )
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError("EmbedderTrainer needs a train_dataset")
+        # Not passed through accelerator.prepare: the batch sampler already gives each rank its slice of
+        # a task-homogeneous global batch; accelerate's re-sharding would mix batches across ranks.
+        return _EpochAwareLoader(
+            self.train_dataset, batch_sampler=self.make_batch_sampler(), collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+        )
+
+    # ---- loss -------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        task = inputs.get("task", "qa")
+        for name in ("loss", "contrastive", "distill"):
+            value = outputs.get(name)
+            if value is not None:
+                self._task_loss_sums[task][name] += float(value.detach())
+        self._task_steps[task] += 1
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs and self._task_steps:
+            for task, sums in self._task_loss_sums.items():
+                steps = self._task_steps[task]
+                for name, total in sums.items():
+                    logs[f"{name}_{task}"] = round(total / steps, 4)
+            self._task_loss_sums.clear()
+            self._task_steps.clear()
+        super().log(logs, start_time) if start_time is not None else super().log(logs)
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if self.evaluator is None:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        start = time.time()
+        metrics = {}
+        if self.args.process_index == 0:
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(model.encoder).items()}
+            metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
+        metrics = _broadcast_json(metrics)
+        model.train(was_training)
+        mode = getattr(self.evaluator, "mode", "full")
+        self.log(metrics)
+        self._record_metrics(metrics, mode)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _record_metrics(self, metrics: dict, mode: str) -> None:
+        """Append this evaluation to ``<output_dir>/metrics.json`` with the run's args and versions."""
+        if not self.is_world_process_zero():
+            return
+        path = Path(self.args.output_dir) / "metrics.json"
+        history = json.loads(path.read_text())["history"] if path.exists() else []
+        history.append({"step": self.state.global_step, "epoch": self.state.epoch, "eval_corpus": mode, **metrics})
+        write_json(path, {"final": history[-1], "history": history, **self.run_info})
+
+    # ---- saving and resuming ----------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        self._saving_checkpoint = True
+        try:
+            return super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        model.encoder.save_pretrained(output_dir, instructions=self.instructions)
+        if self._saving_checkpoint:
+            from safetensors.torch import save_model
+
+            save_model(model, os.path.join(output_dir, TRAINING_STATE))
+        write_json(Path(output_dir) / "training_args.json", self.args.to_dict())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_model
+
+        from ..errors import UserError
+
+        state = Path(resume_from_checkpoint) / TRAINING_STATE
+        if not state.is_file():
+            raise UserError(f"--resume_from_checkpoint: {resume_from_checkpoint} has no {TRAINING_STATE} (not a checkpoint of this trainer)")
+        load_model(self.accelerator.unwrap_model(model or self.model), str(state), strict=True)
+
+    def _load_best_model(self):
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _broadcast_json(obj: dict) -> dict:
+    """Send rank 0's JSON-able dict to every rank (as bytes, no pickle)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return obj
+    payload = json.dumps(obj).encode() if torch.distributed.get_rank() == 0 else b""
+    size = torch.tensor([len(payload)], dtype=torch.long)
+    torch.distributed.broadcast(size, 0)
+    data = torch.zeros(int(size.item()), dtype=torch.uint8)
+    if torch.distributed.get_rank() == 0:
+        data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    torch.distributed.broadcast(data, 0)
+    return json.loads(bytes(data.tolist()).decode())
