@@ -1,0 +1,65 @@
+"""Test helpers for retrieval: a deterministic bag-of-words encoder and SciFact records built from qrels."""
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+
+class BagOfWordsEncoder:
+    """Hashes lowercase words into ``dim`` buckets (+ the instruction's words), L2-normalised.
+
+    Follows ``DenseEncoder.encode``'s signature, so retrieval code can be tested without a model; counts
+    the texts it encodes so tests can see what a cache saved.
+    """
+
+    pooling_method = "bow"
+    normalize = True
+
+    def __init__(self, dim: int = 64, fail_after: int | None = None):
+        self.dim = dim
+        self.encoded = 0
+        self.calls = 0
+        self.fail_after = fail_after  # raise on this call number (simulates a killed run)
+
+    def state_dict(self):
+        import torch
+
+        return {"dim": torch.tensor([self.dim])}
+
+    def encode(self, texts, side="key", instruction="", batch_size=64, show_progress=True):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", (instruction + text).lower()):
+                out[i, zlib.crc32(word.encode()) % self.dim] += 1.0
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        self.encoded += len(texts)
+        return out
+
+
+def scifact_records(data_dir: Path, split: str, limit: int | None = None) -> list[dict]:
+    """SciFact ``split`` as schema records: query, query_id, pos_index (corpus rows), in qrels order."""
+    rows = {}
+    with open(data_dir / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            rows[json.loads(line)["_id"]] = i
+    queries = {}
+    with open(data_dir / "scifact" / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            q = json.loads(line)
+            queries[q["_id"]] = q["text"]
+    pos: dict[str, list[int]] = {}
+    with open(data_dir / "scifact" / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            qid, docid, score = line.split("\t")
+            if int(score) > 0:
+                pos.setdefault(qid, []).append(rows[docid])
+    records = [{"query": queries[q], "query_id": q, "pos_index": p} for q, p in pos.items()]
+    return records[:limit] if limit else records
