@@ -1,23 +1,37 @@
-"""Task registry: one declarative recipe per task (instructions, group size, losses, temperatures).
+"""Task registry: one declarative recipe per task (instructions, group size, losses, selection, filters).
 
 A batch's ``task`` field picks its recipe, so one multi-task run trains qa with stable distillation, chat
-with KL distillation and tool retrieval with contrastive loss only. Recipes come from the LLM-Embedder
-paper and reference scripts; a YAML/JSON ``--task_config`` file overrides fields or registers new tasks.
-Fields left ``None`` fall back to the command-line value.
+with KL distillation and tool retrieval with contrastive loss only. The six built-in recipes are the
+reference's ``TASK_CONFIG["llm-embedder"]`` (see :data:`LLM_EMBEDDER_TASKS`); a YAML/JSON
+``--task_config`` file overrides fields of a task or registers new tasks.
+
+Every recipe field is resolved by :func:`resolve_recipe` with this precedence (first one set wins):
+
+1. the task's entry in ``--task_config`` (explicit, per task);
+2. the command-line value, when the user gave one (argument left at ``None`` = not given);
+3. the built-in recipe of the task (or the recipe a custom task was registered with in code);
+4. :data:`RECIPE_DEFAULTS` (the reference's ``run_dense.py`` defaults).
+
+So an explicit flag is never silently ignored, and a per-task file can still single one task out.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from .errors import UserError
+
+SELECT_POSITIVE = ("first", "random", "teacher")
+SELECT_NEGATIVE = ("random", "top")
 
 
 @dataclass
 class TaskRecipe:
-    """How records of one task are encoded, sampled and scored by the loss."""
+    """How records of one task are encoded, sampled and scored by the loss (``None`` = not set here)."""
 
     name: str
     query_instruction: str = ""
@@ -33,73 +47,231 @@ class TaskRecipe:
     select_negative: str | None = None  # random | top
     teacher_scores_margin: float | None = None
     teacher_scores_min: float | None = None
+    max_sample_num: int | None = None  # keep at most this many records per file of this task
     lm_template: str | None = None  # the LM-scoring template (llm_embedder.lm.templates)
     extra: dict = field(default_factory=dict)
 
     def get(self, name: str, default):
-        """The recipe's value for ``name``, or ``default`` (the command-line value) when unset."""
+        """The recipe's value for ``name``, or ``default`` when unset (no command-line precedence)."""
         value = getattr(self, name, None)
         return default if value is None else value
 
 
-# Instructions as published with BAAI/llm-embedder.
+# Fields resolved through the precedence chain, with the value used when nobody sets them.
+# The defaults are the reference's run_dense.py defaults (FlagEmbedding research/llm_embedder,
+# src/retrieval/args.py: train_group_size 8, select_positive "first", select_negative "random";
+# src/retrieval/modeling_dense.py: contrastive_weight 0.2, distill_weight 1.0, temperatures 1.0,
+# stable_distill False; in-batch negatives are always on in its contrastive loss).
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "train_group_size": 8,
+    "contrastive_weight": 0.2,
+    "distill_weight": 1.0,
+    "stable_distill": False,
+    "teacher_temperature": 1.0,
+    "student_temperature": 1.0,
+    "inbatch_negatives": True,
+    "select_positive": "first",
+    "select_negative": "random",
+    "teacher_scores_margin": None,  # None = no filter
+    "teacher_scores_min": None,
+    "max_sample_num": None,
+}
+RESOLVED_FIELDS = tuple(RECIPE_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A task's recipe with every field decided (see the module docstring for the precedence)."""
+
+    name: str
+    query_instruction: str
+    key_instruction: str
+    train_group_size: int
+    contrastive_weight: float
+    distill_weight: float
+    stable_distill: bool
+    teacher_temperature: float
+    student_temperature: float
+    inbatch_negatives: bool
+    select_positive: str
+    select_negative: str
+    teacher_scores_margin: float | None
+    teacher_scores_min: float | None
+    max_sample_num: int | None
+    lm_template: str | None = None
+    # where each resolved field came from: "task_config" | "cli" | "recipe" | "default"
+    sources: tuple[tuple[str, str], ...] = ()
+
+    def source(self, name: str) -> str:
+        return dict(self.sources)[name]
+
+
+# Instructions and training recipes of BAAI/llm-embedder, checked against FlagEmbedding
+# research/llm_embedder/src/retrieval/data.py, TASK_CONFIG["llm-embedder"] ("instruction" and
+# "training"), which `scripts/llm-embedder.sh` applies with --use_train_config; the single-task commands in
+# research/llm_embedder/docs/fine-tune.md give the same settings. Notes on the reference table:
+# - qa and icl train with stable distillation only (contrastive_weight 0); icl picks a random positive.
+# - chat and lrlm train with KL distillation only, teacher_temperature 0.1, the positive chosen by the
+#   teacher; lrlm also filters rows whose teacher scores span less than 0.1 and keeps 10,000 per file.
+# - tool and convsearch train with the contrastive loss only (distill_weight 0).
 LLM_EMBEDDER_TASKS: dict[str, TaskRecipe] = {
-    "qa": TaskRecipe("qa", "Represent this query for retrieving relevant documents: ",
-                     "Represent this document for retrieval: ",
-                     stable_distill=True, lm_template="qa"),
-    "convsearch": TaskRecipe("convsearch", "Encode this query and context for searching relevant passages: ",
-                             "Encode this passage for retrieval: ",
-                             distill_weight=0.0, lm_template="qa"),
-    "chat": TaskRecipe("chat", "Embed this dialogue to find useful historical dialogues: ",
-                       "Embed this historical dialogue for retrieval: ",
-                       contrastive_weight=0.0, stable_distill=False, inbatch_negatives=False,
-                       select_positive="teacher", lm_template="chat"),
-    "lrlm": TaskRecipe("lrlm", "Embed this text chunk for finding useful historical chunks: ",
-                       "Embed this historical text chunk for retrieval: ",
-                       select_positive="teacher", teacher_temperature=0.1, teacher_scores_margin=0.1,
-                       inbatch_negatives=False, lm_template="lrlm"),
-    "icl": TaskRecipe("icl", "Convert this example into vector to look for useful examples: ",
-                      "Convert this example into vector for retrieval: ",
-                      stable_distill=True, lm_template="icl"),
-    "tool": TaskRecipe("tool", "Transform this user request for fetching helpful tool descriptions: ",
-                       "Transform this tool description for retrieval: ",
-                       distill_weight=0.0, lm_template="tool"),
+    "qa": TaskRecipe(
+        "qa", "Represent this query for retrieving relevant documents: ", "Represent this document for retrieval: ",
+        select_positive="first", select_negative="random", contrastive_weight=0.0, stable_distill=True,
+        lm_template="qa"),
+    "convsearch": TaskRecipe(
+        "convsearch", "Encode this query and context for searching relevant passages: ",
+        "Encode this passage for retrieval: ",
+        select_positive="first", select_negative="random", distill_weight=0.0, stable_distill=False,
+        lm_template="qa"),
+    "chat": TaskRecipe(
+        "chat", "Embed this dialogue to find useful historical dialogues: ",
+        "Embed this historical dialogue for retrieval: ",
+        select_positive="teacher", select_negative="random", contrastive_weight=0.0, distill_weight=1.0,
+        teacher_temperature=0.1, stable_distill=False, lm_template="chat"),
+    "lrlm": TaskRecipe(
+        "lrlm", "Embed this text chunk for finding useful historical chunks: ",
+        "Embed this historical text chunk for retrieval: ",
+        select_positive="teacher", select_negative="random", max_sample_num=10000, teacher_scores_margin=0.1,
+        contrastive_weight=0.0, distill_weight=1.0, teacher_temperature=0.1, stable_distill=False,
+        lm_template="lrlm"),
+    "icl": TaskRecipe(
+        "icl", "Convert this example into vector to look for useful examples: ",
+        "Convert this example into vector for retrieval: ",
+        select_positive="random", select_negative="random", contrastive_weight=0.0, stable_distill=True,
+        lm_template="icl"),
+    "tool": TaskRecipe(
+        "tool", "Transform this user request for fetching helpful tool descriptions: ",
+        "Transform this tool description for retrieval: ",
+        select_positive="first", select_negative="random", distill_weight=0.0, stable_distill=False,
+        lm_template="tool"),
 }
 
+# recipes as defined in code (built-in or register_task) and, separately, the --task_config overrides
 _REGISTRY: dict[str, TaskRecipe] = {name: dataclasses.replace(r) for name, r in LLM_EMBEDDER_TASKS.items()}
+_OVERRIDES: dict[str, dict[str, Any]] = {}
 
 
 def register_task(recipe: TaskRecipe, overwrite: bool = False) -> TaskRecipe:
     """Add a custom task (or replace one with ``overwrite``)."""
     if recipe.name in _REGISTRY and not overwrite:
         raise UserError(f"task '{recipe.name}' is already registered")
+    check_recipe_fields(dataclasses.asdict(recipe), f"task '{recipe.name}'")
     _REGISTRY[recipe.name] = recipe
+    _OVERRIDES.pop(recipe.name, None)
     return recipe
 
 
 def get_task(name: str) -> TaskRecipe:
+    """The task's recipe with its ``--task_config`` overrides applied."""
     try:
-        return _REGISTRY[name]
+        recipe = _REGISTRY[name]
     except KeyError:
-        raise UserError(f"unknown task '{name}' (known: {', '.join(sorted(_REGISTRY))}; add one with --task_config)") from None
+        raise UserError(f"unknown task '{name}' (known: {', '.join(known_tasks())}; add one with --task_config)") from None
+    overrides = _OVERRIDES.get(name)
+    return dataclasses.replace(recipe, **overrides) if overrides else recipe
 
 
 def known_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def task_instructions(tasks=None) -> dict[str, tuple[str, str]]:
+    """``{task: (query instruction, key instruction)}`` for ``tasks`` (default: every registered task)."""
+    names = known_tasks() if tasks is None else list(dict.fromkeys(tasks))
+    return {name: (get_task(name).query_instruction, get_task(name).key_instruction) for name in names}
+
+
+def _cli_value(cli, name: str):
+    if cli is None:
+        return None
+    if isinstance(cli, Mapping):
+        return cli.get(name)
+    return getattr(cli, name, None)
+
+
+def resolve_recipe(task: str, cli=None) -> ResolvedRecipe:
+    """Decide every recipe field of ``task``: --task_config > command line (not None) > recipe > default.
+
+    ``cli`` is a mapping or any object with the argument attributes (DataArguments, TrainingArguments);
+    missing attributes and ``None`` values count as "not given".
+    """
+    base = get_task(task)  # raises on unknown tasks
+    builtin = _REGISTRY[task]
+    overrides = _OVERRIDES.get(task, {})
+    values, sources = {}, []
+    for name in RESOLVED_FIELDS:
+        cli_value = _cli_value(cli, name)
+        if name in overrides and overrides[name] is not None:
+            value, source = overrides[name], "task_config"
+        elif cli_value is not None:
+            value, source = cli_value, "cli"
+        elif getattr(builtin, name) is not None:
+            value, source = getattr(builtin, name), "recipe"
+        else:
+            value, source = RECIPE_DEFAULTS[name], "default"
+        values[name] = value
+        sources.append((name, source))
+    check_recipe_fields(values, f"task '{task}'")
+    return ResolvedRecipe(name=task, query_instruction=base.query_instruction, key_instruction=base.key_instruction,
+                          lm_template=base.lm_template, sources=tuple(sources), **values)
+
+
+def _check_value(name: str, value) -> str | None:
+    """What is wrong with one recipe field value, or None."""
+    if value is None:
+        return None
+    if name in ("query_instruction", "key_instruction", "lm_template"):
+        return None if isinstance(value, str) else "must be a string"
+    if name in ("train_group_size", "max_sample_num"):
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "must be an integer >= 1"
+    if name in ("stable_distill", "inbatch_negatives"):
+        return None if isinstance(value, bool) else "must be true or false"
+    if name == "select_positive":
+        return None if value in SELECT_POSITIVE else f"must be one of {', '.join(SELECT_POSITIVE)}"
+    if name == "select_negative":
+        return None if value in SELECT_NEGATIVE else f"must be one of {', '.join(SELECT_NEGATIVE)}"
+    if name in ("contrastive_weight", "distill_weight", "teacher_scores_margin", "teacher_scores_min",
+                "teacher_temperature", "student_temperature"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "must be a finite number"
+        if name in ("teacher_temperature", "student_temperature") and value <= 0:
+            return "must be > 0"
+        if name in ("contrastive_weight", "distill_weight") and value < 0:
+            return "must be >= 0"
+        return None
+    if name == "extra":
+        return None if isinstance(value, dict) else "must be a mapping"
+    return None
+
+
+def check_recipe_fields(values: Mapping[str, Any], where: str) -> None:
+    """Raise a UserError naming ``where`` and the first invalid field."""
+    for name, value in values.items():
+        problem = _check_value(name, value)
+        if problem:
+            raise UserError(f"{where}: {name}: {problem}, got {value!r}")
+
+
 def load_task_config(path: str | Path) -> list[str]:
-    """Apply a JSON/YAML file ``{task: {field: value}}``: existing tasks are updated, new ones registered."""
+    """Apply a JSON/YAML file ``{task: {field: value}}``: existing tasks are overridden, new ones registered.
+
+    Overrides of an existing task win over the command line for that task (see :func:`resolve_recipe`).
+    Returns the task names the file mentions.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--task_config: {path}: file not found")
     text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        config = yaml.safe_load(text)
-    else:
-        config = json.loads(text)
+            config = yaml.safe_load(text)
+        else:
+            config = json.loads(text)
+    except Exception as err:  # yaml.YAMLError / json.JSONDecodeError: report, do not trace back
+        raise UserError(f"--task_config: {path}: cannot parse: {str(err).splitlines()[0]}") from None
     if not isinstance(config, dict):
         raise UserError(f"--task_config: {path}: must map task names to recipe fields")
     allowed = {f.name for f in dataclasses.fields(TaskRecipe)} - {"name"}
@@ -109,8 +281,11 @@ def load_task_config(path: str | Path) -> list[str]:
         unknown = set(fields_) - allowed
         if unknown:
             raise UserError(f"--task_config: {path}: {name}: unknown recipe field '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(allowed))})")
+        check_recipe_fields(fields_, f"--task_config: {path}: {name}")
+    for name, fields_ in config.items():
         if name in _REGISTRY:
-            _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], **fields_)
+            _OVERRIDES[name] = {**_OVERRIDES.get(name, {}), **fields_}
         else:
-            _REGISTRY[name] = TaskRecipe(name=name, **fields_)
+            _REGISTRY[name] = TaskRecipe(name=name)
+            _OVERRIDES[name] = dict(fields_)
     return sorted(config)

@@ -1,0 +1,389 @@
+"""TrainDataset: training examples (query + G keys, positive first, aligned teacher scores) from schema files.
+
+Everything that does not depend on chance happens once, at load time, before any training step:
+validation (schema + task + recipe checks, every problem reported as ``file:line``), choosing the
+positive when it is fixed (``first`` / ``teacher``), the teacher-score filters (counted per file in
+:attr:`TrainDataset.filter_report`) and ``max_sample_num``. What does depend on chance (a ``random``
+positive, ``random`` negatives) is drawn in ``__getitem__`` from a generator seeded with
+``(seed, epoch, index)``: the dataset holds no sampling state, so dataloader workers, ranks and resumed
+runs all see the same keys for the same example in the same epoch.
+
+Index with ``dataset[(epoch, index)]`` (what :class:`~llm_embedder.data.sampler.TaskBatchSampler` yields)
+or ``dataset[index]`` (epoch 0). ``index`` is global over the concatenated files.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..corpus import Corpus
+from ..errors import UserError
+from ..resources import resolve_data_path
+from ..schema import RecordFile, num_keys, raise_if_errors, read_records, validate_records
+from ..tasks import RESOLVED_FIELDS, ResolvedRecipe, get_task, known_tasks, resolve_recipe
+
+logger = logging.getLogger(__name__)
+
+TRAIN_FILE_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass
+class TrainDataArgs:
+    """The arguments the dataset reads; ``None`` = not given on the command line (the recipe decides).
+
+    Build it from the Hugging Face argument dataclasses with :meth:`from_args`.
+    """
+
+    train_group_size: int | None = None
+    select_positive: str | None = None
+    select_negative: str | None = None
+    teacher_scores_min: float | None = None
+    teacher_scores_margin: float | None = None
+    stable_distill: bool | None = None
+    max_sample_num: int | None = None
+    contrastive_weight: float | None = None
+    distill_weight: float | None = None
+    teacher_temperature: float | None = None
+    student_temperature: float | None = None
+    inbatch_negatives: bool | None = None
+    seed: int = 42
+    default_task: str | None = None
+
+    @classmethod
+    def from_args(cls, *sources: Any) -> "TrainDataArgs":
+        """Take each field from the first source (object or mapping) that has it set (not None)."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            for source in sources:
+                value = source.get(f.name) if isinstance(source, dict) else getattr(source, f.name, None)
+                if value is not None:
+                    values[f.name] = value
+                    break
+        return cls(**values)
+
+
+@dataclass
+class _Row:
+    """One usable record after load-time preparation. Keys are texts (str) or corpus rows (int)."""
+
+    query: str
+    query_id: Any
+    positives: list  # one key for select_positive first/teacher; all candidates for random
+    pos_scores: list | None
+    negatives: list  # empty = draw random corpus rows (files without teacher scores only)
+    neg_scores: list | None
+
+
+@dataclass
+class _TrainFile:
+    path: Path
+    task: str
+    recipe: ResolvedRecipe
+    rows: list[_Row]
+    has_scores: bool
+
+
+def expand_train_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Resolve ``llm-embedder:`` prefixes and directories (their ``*.json``/``*.jsonl``, sorted).
+
+    A path given twice stays twice: the file is upsampled.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for given in paths:
+        path = resolve_data_path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in TRAIN_FILE_SUFFIXES)
+            if not found:
+                raise UserError(f"--train_data: {given}: directory holds no *.json / *.jsonl files")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise UserError(f"--train_data: {given}: file not found")
+    if not out:
+        raise UserError("--train_data: no files given")
+    return out
+
+
+def _split_keys(record: dict) -> tuple[list, list]:
+    """``(positives, negatives)`` as key references, in the order teacher scores follow (schema.num_keys)."""
+    if record.get("history") is not None and not (record.get("pos") or record.get("pos_index")
+                                                  or record.get("neg") or record.get("neg_index")):
+        return [], list(record["history"])
+    pos = record["pos"] if record.get("pos") is not None else (record.get("pos_index") or [])
+    neg = record["neg"] if record.get("neg") is not None else (record.get("neg_index") or [])
+    return list(pos), list(neg)
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Training examples from one or more schema files (see the module docstring).
+
+    Item: ``{"query", "keys" (G texts, positive first), "teacher_scores" (G floats or None), "task",
+    "dataset" (file position in ``files``), "query_id"}``.
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike | RecordFile] | str | os.PathLike,
+                 corpus: Corpus | None = None, args: TrainDataArgs | Any | None = None):
+        self.args = args if isinstance(args, TrainDataArgs) else TrainDataArgs.from_args(*(a for a in [args] if a is not None))
+        self.corpus = corpus
+        self.seed = int(self.args.seed)
+        if self.args.default_task is not None and self.args.default_task not in known_tasks():
+            raise UserError(f"--default_task: unknown task '{self.args.default_task}' (known: {', '.join(known_tasks())}; add one with --task_config)")
+        if isinstance(files, (str, os.PathLike, RecordFile)):
+            files = [files]
+        record_files = self._read_all(files)
+        self.files: list[_TrainFile] = []
+        self.filter_report: list[dict] = []  # one entry per file position: counts of kept / filtered records
+        prepared: dict[int, tuple[_TrainFile, dict]] = {}  # a repeated (upsampled) file is prepared once
+        for rf in record_files:
+            if id(rf) not in prepared:
+                prepared[id(rf)] = self._prepare_file(rf)
+            tf, report = prepared[id(rf)]
+            self.files.append(tf)
+            self.filter_report.append(dict(report, dataset=len(self.files) - 1))
+        self.file_sizes = [len(tf.rows) for tf in self.files]
+        self._offsets = np.cumsum([0] + self.file_sizes).tolist()
+
+    # ------------------------------------------------------------------ loading
+    def _read_all(self, files) -> list[RecordFile]:
+        """Read and schema-validate every file (each distinct file once) before preparing any."""
+        cache: dict[Path, RecordFile] = {}
+        out = []
+        for item in files:
+            if isinstance(item, RecordFile):
+                raise_if_errors(validate_records(item, purpose="train", known_tasks=known_tasks()))
+                out.append(item)
+                continue
+            for path in expand_train_paths(item):
+                resolved = path.resolve()
+                if resolved not in cache:
+                    cache[resolved] = read_records(path, purpose="train", known_tasks=known_tasks())
+                out.append(cache[resolved])
+        if not out:
+            raise UserError("--train_data: no files given")
+        return out
+
+    def _file_task(self, rf: RecordFile) -> str:
+        tasks = {}
+        for i, record in enumerate(rf.records):
+            task = record.get("task", self.args.default_task)
+            if task is None:
+                raise UserError(f"{rf.where(i)}: task: missing and no --default_task given (e.g. --default_task qa)")
+            tasks.setdefault(task, i)
+        if len(tasks) > 1:
+            (first, i0), (second, i1) = list(tasks.items())[:2]
+            raise UserError(f"{rf.where(i1)}: task: '{second}' differs from '{first}' ({rf.where(i0)}): "
+                            "a training file holds one task (split it into one file per task)")
+        return next(iter(tasks))
+
+    def _prepare_file(self, rf: RecordFile) -> tuple[_TrainFile, dict]:
+        task = self._file_task(rf)
+        recipe = resolve_recipe(task, self.args)
+        group_size = recipe.train_group_size
+        scored = [r.get("teacher_scores") is not None for r in rf.records]
+        has_scores = all(scored)
+        errors: list[str] = []
+        if any(scored) and not has_scores:
+            i = scored.index(False)
+            errors.append(f"{rf.where(i)}: teacher_scores: missing while {sum(scored)} other records of this file have "
+                          "them (score all records of a file or none)")
+        if recipe.contrastive_weight == 0 and (not has_scores or recipe.distill_weight == 0):
+            why = "its records have no teacher_scores" if not has_scores else "distill_weight is 0 too"
+            errors.append(f"{rf.path}: task '{task}' trains with contrastive_weight 0 ({recipe.source('contrastive_weight')}) "
+                          f"but {why}: nothing to learn (score the file with run_lm_score.py, or pass --contrastive_weight)")
+        if recipe.select_positive == "teacher" and not has_scores:
+            errors.append(f"{rf.path}: select_positive 'teacher' ({recipe.source('select_positive')}) needs teacher_scores, "
+                          "this file has none (use --select_positive first)")
+        raise_if_errors(errors)
+
+        report = {"file": str(rf.path), "task": task, "records": len(rf), "kept": 0,
+                  "below_teacher_scores_min": 0, "below_teacher_scores_margin": 0, "over_max_sample_num": 0,
+                  "filters_not_applied": None}
+        filters_set = recipe.teacher_scores_min is not None or recipe.teacher_scores_margin is not None
+        if filters_set and not has_scores:
+            report["filters_not_applied"] = "no teacher_scores in this file"
+            logger.warning("%s: teacher_scores_min/margin are set for task '%s' but the file has no teacher_scores: "
+                           "no record filtered", rf.path, task)
+
+        rows: list[_Row] = []
+        for i, record in enumerate(tqdm(rf.records, desc=f"preparing {rf.path.name}", disable=len(rf) < 20000)):
+            scores = record.get("teacher_scores")
+            if scores is not None:
+                best, worst = max(scores), min(scores)
+                if recipe.teacher_scores_min is not None and best < recipe.teacher_scores_min:
+                    report["below_teacher_scores_min"] += 1
+                    continue
+                if recipe.teacher_scores_margin is not None and best - worst < recipe.teacher_scores_margin:
+                    report["below_teacher_scores_margin"] += 1
+                    continue
+            row = self._prepare_row(rf, i, record, task, recipe, errors)
+            if row is not None:
+                rows.append(row)
+        raise_if_errors(errors)
+        if recipe.max_sample_num is not None and len(rows) > recipe.max_sample_num:
+            report["over_max_sample_num"] = len(rows) - recipe.max_sample_num
+            rows = rows[: recipe.max_sample_num]
+        report["kept"] = len(rows)
+        dropped = len(rf) - len(rows)
+        if not rows:
+            raise UserError(f"{rf.path}: all {len(rf)} records were filtered out "
+                            f"({report['below_teacher_scores_min']} below teacher_scores_min {recipe.teacher_scores_min}, "
+                            f"{report['below_teacher_scores_margin']} below teacher_scores_margin {recipe.teacher_scores_margin}): "
+                            "lower the thresholds")
+        (logger.warning if dropped else logger.info)(
+            "%s (task %s): %d of %d records kept (%d below teacher_scores_min, %d below teacher_scores_margin, "
+            "%d over max_sample_num)", rf.path, task, len(rows), len(rf), report["below_teacher_scores_min"],
+            report["below_teacher_scores_margin"], report["over_max_sample_num"])
+        if any(not r.negatives for r in rows) and group_size > 1 and self.corpus is not None:
+            logger.info("%s: records without negatives get random corpus rows as negatives", rf.path)
+        return _TrainFile(rf.path, task, recipe, rows, has_scores), report
+
+    def _prepare_row(self, rf: RecordFile, i: int, record: dict, task: str, recipe: ResolvedRecipe,
+                     errors: list[str]) -> _Row | None:
+        where = rf.where(i)
+        if task == "chat" and not record.get("history"):
+            errors.append(f"{where}: history: chat records need a non-empty list of past sessions")
+            return None
+        pos, neg = _split_keys(record)
+        scores = record.get("teacher_scores")
+        for ref in pos + neg:
+            if isinstance(ref, int):
+                if self.corpus is None:
+                    errors.append(f"{where}: pos_index/neg_index: keys given as corpus rows but no --corpus")
+                    return None
+                if ref >= len(self.corpus):
+                    errors.append(f"{where}: pos_index/neg_index: row {ref} is beyond the corpus ({len(self.corpus)} rows)")
+                    return None
+        pos_scores = list(scores[: len(pos)]) if scores is not None else None
+        neg_scores = list(scores[len(pos):]) if scores is not None else None
+        strategy = recipe.select_positive
+        if strategy == "teacher":
+            best = int(np.argmax(scores))  # first of equal maxima
+            if best < len(pos):
+                positives, pos_scores = [pos[best]], [scores[best]]
+            else:  # the teacher's favourite is a listed negative: it becomes the positive
+                j = best - len(pos)
+                positives, pos_scores = [neg[j]], [scores[best]]
+                neg, neg_scores = neg[:j] + neg[j + 1:], neg_scores[:j] + neg_scores[j + 1:]
+        else:
+            if not pos:
+                errors.append(f"{where}: pos: no positive for select_positive '{strategy}' "
+                              f"({recipe.source('select_positive')}); rows without positives need select_positive teacher")
+                return None
+            positives = pos[:1] if strategy == "first" else pos
+            pos_scores = None if pos_scores is None else pos_scores[: len(positives)]
+        if not neg and recipe.train_group_size > 1:
+            if scores is not None:
+                errors.append(f"{where}: neg: no negatives left to pair with teacher_scores (give more keys, or --train_group_size 1)")
+                return None
+            if self.corpus is None:
+                errors.append(f"{where}: neg: no negatives and no --corpus to draw random ones from "
+                              "(mine some with eval_retrieval --metrics collate_neg, or --train_group_size 1)")
+                return None
+            if len(self.corpus) <= len([p for p in positives if isinstance(p, int)]):
+                errors.append(f"{where}: neg: no negatives and the corpus has no row besides the positives")
+                return None
+        query_id = record.get("query_id", rf.lines[i] if rf.lines else i + 1)
+        return _Row(record["query"], query_id, positives, pos_scores, neg, neg_scores)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task of each file (position = ``dataset`` field of items)."""
+        return [tf.task for tf in self.files]
+
+    @property
+    def recipes(self) -> list[ResolvedRecipe]:
+        """The resolved recipe of each file."""
+        return [tf.recipe for tf in self.files]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [tf.path for tf in self.files]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(file position, row within file)`` of a global index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} examples")
+        f = bisect.bisect_right(self._offsets, index) - 1
+        return f, index - self._offsets[f]
+
+    def _text(self, ref) -> str:
+        return self.corpus.texts[ref] if isinstance(ref, int) else ref
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        epoch, index = (0, item) if isinstance(item, (int, np.integer)) else item
+        epoch, index = int(epoch), int(index)
+        f, r = self.locate(index)
+        tf = self.files[f]
+        row = tf.rows[r]
+        recipe = tf.recipe
+        rng = np.random.default_rng([self.seed, epoch, index])
+
+        p = int(rng.integers(len(row.positives))) if len(row.positives) > 1 else 0
+        keys = [row.positives[p]]
+        scores = [row.pos_scores[p]] if row.pos_scores is not None else None
+
+        n_neg = recipe.train_group_size - 1
+        if n_neg > 0:
+            if row.negatives:
+                order = self._negative_order(row, recipe, n_neg, rng)
+                negatives = [row.negatives[j] for j in order]
+                neg_scores = [row.neg_scores[j] for j in order] if row.neg_scores is not None else None
+                if recipe.stable_distill and neg_scores is not None:
+                    # stable distillation reads keys as ranked by the teacher: negatives best first
+                    ranked = sorted(range(len(negatives)), key=lambda j: -neg_scores[j])
+                    negatives = [negatives[j] for j in ranked]
+                    neg_scores = [neg_scores[j] for j in ranked]
+            else:
+                negatives, neg_scores = self._random_corpus_negatives(row, n_neg, rng), None
+            keys += negatives
+            if scores is not None:
+                scores += neg_scores
+        return {
+            "query": row.query,
+            "keys": [self._text(k) for k in keys],
+            "teacher_scores": [float(s) for s in scores] if scores is not None else None,
+            "task": tf.task,
+            "dataset": f,
+            "query_id": row.query_id,
+        }
+
+    @staticmethod
+    def _negative_order(row: _Row, recipe: ResolvedRecipe, n_neg: int, rng: np.random.Generator) -> list[int]:
+        """Positions of the ``n_neg`` negatives to use; cycled when the row has fewer than ``n_neg``."""
+        n = len(row.negatives)
+        if recipe.select_negative == "top":
+            if row.neg_scores is not None:
+                order = np.argsort(-np.asarray(row.neg_scores, dtype=np.float64), kind="stable")
+            else:
+                order = np.arange(n)
+            return np.resize(order, n_neg).tolist()
+        if n >= n_neg:
+            return rng.choice(n, size=n_neg, replace=False).tolist()
+        return np.resize(rng.permutation(n), n_neg).tolist()
+
+    def _random_corpus_negatives(self, row: _Row, n_neg: int, rng: np.random.Generator) -> list[int]:
+        """``n_neg`` distinct random corpus rows that are not among the row's positives (repeats if the corpus is tiny)."""
+        excluded = {p for p in row.positives if isinstance(p, int)}
+        size = len(self.corpus)
+        available = size - len(excluded)
+        want = min(n_neg + len(excluded), size)
+        drawn = [int(j) for j in rng.choice(size, size=want, replace=False) if int(j) not in excluded][:n_neg]
+        if len(drawn) < n_neg:  # fewer usable rows than negatives wanted
+            drawn = np.resize(np.asarray(drawn[:available]), n_neg).tolist()
+        return drawn
