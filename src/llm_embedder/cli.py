@@ -10,6 +10,7 @@ import sys
 
 # name -> ("module:function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("llm_embedder.convert:main", "convert other layouts into schema files (convert beir BEIR_DIR --output_dir DIR)"),
     "report": ("llm_embedder.report:main", "print the before/after metrics table of a training run"),
     "validate": ("llm_embedder.validate:main", "check schema files and report every problem as file:line: field: what"),
 }

@@ -323,7 +323,8 @@ def validate_record(record: dict, *, purpose: str = "any", corpus_size: int | No
                     problems.append(f"teacher_scores: item {j} is {_type_name(s)} {_show(s)}, not a number")
                     break
                 if not math.isfinite(s):
-                    problems.append(f"teacher_scores: item {j} is {s!r}; scores must be finite")
+                    problems.append(f"teacher_scores: item {j} is {'NaN' if s != s else ('-' if s < 0 else '') + 'Infinity'}; "
+                                    "scores must be finite")
                     break
     if problems:  # the checks below assume well-typed fields
         return problems
@@ -411,14 +412,14 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: str | os.PathLike, write) -> Path:
-    """Run ``write(text_file)`` on a temp file in the target folder, then rename it over ``path``."""
+def _atomic_write(path: str | os.PathLike, write, binary: bool = False) -> Path:
+    """Run ``write(file)`` on a temp file in the target folder (text, UTF-8, or bytes), then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as out:
             write(out)
         os.replace(tmp, path)
     except BaseException:
@@ -449,6 +450,17 @@ def write_json(path: str | os.PathLike, obj) -> Path:
         out.write("\n")
 
     return _atomic_write(path, write)
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy a file byte for byte, atomically (temp file + rename)."""
+    import shutil
+
+    def write(out):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    return _atomic_write(path, write, binary=True)
 
 
 # ------------------------------------------------------------------------------------------------ naming
