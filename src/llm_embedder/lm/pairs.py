@@ -1,0 +1,211 @@
+"""Turn schema records into scoring pairs: one (row, key, answer) -> (prompt ids, target ids) each.
+
+Everything a user can get wrong is checked here, for the whole file, before the model is loaded: a row
+without keys, keys given as corpus rows without ``--corpus``, a row with no answers under an answer
+template, a row without ``task`` under ``--template auto``, an answer too long for ``--max_length``.
+Each problem names its ``file:line``.
+
+Token bookkeeping is exact: the prompt and the target are tokenised separately (no special tokens) and
+their ids concatenated, so the scored tokens are precisely the target's tokens. A key longer than
+``key_max_length`` tokens is cut at that token's character offset; a prompt that does not fit in
+``max_length`` together with its target loses tokens from the LEFT, so the target is always scored whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from ..corpus import Corpus
+from ..errors import UserError
+from ..schema import RecordFile, raise_if_errors, uses_history
+from .templates import LMTemplate, get_template, template_for_task
+
+AUTO = "auto"
+# fields that line up with the key list, truncated together by --max_keys (icl rows carry per-key scores)
+KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_scores"),
+                      "neg": ("neg", "neg_index", "neg_score", "neg_scores"),
+                      "history": ("history",)}
+
+
+@dataclass
+class RowPlan:
+    """What will be scored for one output row: its key texts, template and targets."""
+
+    index: int  # row number in the input file (0-based)
+    template: LMTemplate
+    keys: list[str]
+    targets: list[str]  # one per answer, or the query for query_likelihood
+    query: str
+    context: str
+    key_fields: str  # "pos+neg" or "history"
+    truncated_fields: dict[str, int] = field(default_factory=dict)  # field -> kept length, set by --max_keys
+
+
+@dataclass
+class Pair:
+    """One scored sequence: ``prompt_ids + target_ids``; the score is the mean log p of ``target_ids``."""
+
+    row: int  # position in ScoringPlan.rows
+    key: int
+    answer: int
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+@dataclass
+class ScoringPlan:
+    """The rows to write (copies of the input, truncated by --max_keys) and the pairs that score them."""
+
+    rows: list[dict]
+    row_plans: list[RowPlan]
+    pairs: list[Pair]
+    stats: dict
+
+    def fingerprint(self, extra: dict) -> str:
+        """sha256 over every pair's token ids and ``extra`` (model, dtype, batching): the identity of the work."""
+        digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+        for pair in self.pairs:
+            digest.update(f"{pair.row},{pair.key},{pair.answer}:".encode())
+            digest.update(",".join(map(str, pair.prompt_ids)).encode() + b"|")
+            digest.update(",".join(map(str, pair.target_ids)).encode() + b";")
+        return digest.hexdigest()
+
+
+def _key_texts(record: dict, side: str, corpus: Corpus | None, where: str, problems: list[str]) -> list[str]:
+    texts, rows = record.get(side), record.get(f"{side}_index")
+    if texts:
+        return list(texts)
+    if not rows:
+        return []
+    if corpus is None:
+        problems.append(f"{where}: {side}_index: keys are given as corpus rows but no --corpus was passed")
+        return []
+    return [corpus.texts[i] for i in rows]
+
+
+def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = None,
+              max_queries: int | None = None, max_keys: int | None = None) -> tuple[list[dict], list[RowPlan]]:
+    """Check every row and decide its keys, template and targets; raise one UserError listing all problems."""
+    records = rf.records[:max_queries] if max_queries else rf.records
+    fixed = None if template == AUTO else get_template(template)
+    problems: list[str] = []
+    rows, plans = [], []
+    for i, record in enumerate(records):
+        where, n_problems = rf.where(i), len(problems)
+        if fixed is not None:
+            tmpl = fixed
+        elif not record.get("task"):
+            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task "
+                            "(or pass --template NAME)")
+            continue
+        else:
+            try:
+                tmpl = template_for_task(record["task"])
+            except UserError as err:
+                problems.append(f"{where}: task: {err}")
+                continue
+        row = dict(record)
+        if uses_history(record):
+            key_fields, sides = "history", {"history": list(record["history"])}
+        else:
+            key_fields = "pos+neg"
+            sides = {side: _key_texts(record, side, corpus, where, problems) for side in ("pos", "neg")}
+        keys = [k for texts in sides.values() for k in texts]
+        if len(problems) > n_problems:
+            continue
+        if not keys:
+            problems.append(f"{where}: pos: no keys to score (give pos/neg, pos_index/neg_index or history)")
+            continue
+        truncated = {}
+        if max_keys and len(keys) > max_keys:
+            budget = max_keys
+            for side, texts in sides.items():
+                keep = min(len(texts), budget)
+                budget -= keep
+                for name in KEY_ALIGNED_FIELDS[side]:
+                    if isinstance(row.get(name), list) and len(row[name]) == len(texts):
+                        row[name] = row[name][:keep]
+                        truncated[name] = keep
+            keys = keys[:max_keys]
+        if tmpl.uses_answers:
+            answers = record.get("answers")
+            if not answers:
+                problems.append(f"{where}: answers: missing or empty, but template '{tmpl.name}' scores p(answer | prompt) "
+                                "(pass --template query_likelihood to score p(query | key) instead)")
+                continue
+            if any(not a.strip() for a in answers):
+                problems.append(f"{where}: answers: contains an empty answer")
+                continue
+            targets = [tmpl.render_target(query=record["query"], answer=a) for a in answers]
+        else:
+            targets = [tmpl.render_target(query=record["query"])]
+        rows.append(row)
+        plans.append(RowPlan(i, tmpl, keys, targets, record["query"], record.get("context") or "", key_fields, truncated))
+    raise_if_errors(problems)
+    return rows, plans
+
+
+def _encode(tokenizer, texts: list[str], offsets: bool = False):
+    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets,
+                     return_attention_mask=False, verbose=False)
+
+
+def truncate_keys(tokenizer, keys: list[str], key_max_length: int) -> tuple[dict[str, str], int]:
+    """Map each distinct key text to itself cut after ``key_max_length`` tokens; also count the cut ones."""
+    unique = list(dict.fromkeys(keys))
+    if not unique:
+        return {}, 0
+    encoded = _encode(tokenizer, unique, offsets=tokenizer.is_fast)
+    out, cut = {}, 0
+    for n, text in enumerate(unique):
+        ids = encoded["input_ids"][n]
+        if len(ids) <= key_max_length:
+            out[text] = text
+            continue
+        cut += 1
+        if tokenizer.is_fast:
+            out[text] = text[: encoded["offset_mapping"][n][key_max_length - 1][1]]
+        else:
+            out[text] = tokenizer.decode(ids[:key_max_length])
+    return out, cut
+
+
+def build_plan(rf: RecordFile, tokenizer, *, template: str = AUTO, corpus: Corpus | None = None,
+               max_length: int = 1024, key_max_length: int = 256, max_queries: int | None = None,
+               max_keys: int | None = None) -> ScoringPlan:
+    """Rows and tokenised pairs for a record file; all input errors are raised before any scoring."""
+    rows, plans = plan_rows(rf, template=template, corpus=corpus, max_queries=max_queries, max_keys=max_keys)
+    cut_keys, n_cut_keys = truncate_keys(tokenizer, [k for p in plans for k in p.keys], key_max_length)
+
+    prompts = [p.template.render_prompt(key=cut_keys[k], query=p.query, context=p.context) for p in plans for k in p.keys]
+    prompt_ids = _encode(tokenizer, prompts)["input_ids"] if prompts else []
+    unique_targets = list(dict.fromkeys(t for p in plans for t in p.targets))
+    target_ids = dict(zip(unique_targets, _encode(tokenizer, unique_targets)["input_ids"])) if unique_targets else {}
+
+    pairs, problems, n_cut_prompts, cursor = [], [], 0, 0
+    for r, plan in enumerate(plans):
+        for a, target in enumerate(plan.targets):
+            if len(target_ids[target]) > max_length - 1:
+                problems.append(f"{rf.where(plan.index)}: answers: answer {a} has {len(target_ids[target])} tokens; "
+                                f"--max_length {max_length} leaves room for at most {max_length - 1}")
+        for k in range(len(plan.keys)):
+            ids = prompt_ids[cursor + k]
+            for a, target in enumerate(plan.targets):
+                tgt = target_ids[target]
+                room = max_length - len(tgt)
+                kept = ids[-room:] if len(ids) > room else ids
+                n_cut_prompts += len(kept) < len(ids)
+                pairs.append(Pair(r, k, a, list(kept), list(tgt)))
+        cursor += len(plan.keys)
+    raise_if_errors(problems)
+    stats = {"rows_in_file": len(rf.records), "rows": len(rows), "keys": sum(len(p.keys) for p in plans),
+             "pairs": len(pairs), "target_tokens": sum(len(p.target_ids) for p in pairs),
+             "total_tokens": sum(p.length for p in pairs), "distinct_keys_cut_to_key_max_length": n_cut_keys,
+             "prompts_cut_from_left": n_cut_prompts,
+             "rows_with_keys_cut_by_max_keys": sum(bool(p.truncated_fields) for p in plans)}
+    return ScoringPlan(rows, plans, pairs, stats)
