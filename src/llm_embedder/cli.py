@@ -11,6 +11,7 @@ import sys
 # name -> ("module:function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("llm_embedder.convert:main", "convert other layouts into schema files (convert beir BEIR_DIR --output_dir DIR)"),
+    "lm-score": ("llm_embedder.lm.run:main", "score keys with a causal LM into teacher_scores (same as run_lm_score.py)"),
     "report": ("llm_embedder.report:main", "print the before/after metrics table of a training run"),
     "validate": ("llm_embedder.validate:main", "check schema files and report every problem as file:line: field: what"),
 }
