@@ -1,18 +1,20 @@
 """Task registry: one declarative recipe per task (instructions, group size, losses, selection, filters).
 
 A batch's ``task`` field picks its recipe, so one multi-task run trains qa with stable distillation, chat
-with KL distillation and tool retrieval with contrastive loss only. The six built-in recipes are the
+with KL distillation and tool retrieval with contrastive loss only. The six built-in recipes follow the
 reference's ``TASK_CONFIG["llm-embedder"]`` (see :data:`LLM_EMBEDDER_TASKS`); a YAML/JSON
 ``--task_config`` file overrides fields of a task or registers new tasks.
 
 Every recipe field is resolved by :func:`resolve_recipe` with this precedence (first one set wins):
 
-1. the task's entry in ``--task_config`` (explicit, per task);
-2. the command-line value, when the user gave one (argument left at ``None`` = not given);
-3. the built-in recipe of the task (or the recipe a custom task was registered with in code);
-4. :data:`RECIPE_DEFAULTS` (the reference's ``run_dense.py`` defaults).
+1. the task's entry in ``--task_config``;
+2. the task's recipe (built in, or registered in code with :func:`register_task`);
+3. the command-line value (DataArguments / TrainingArguments);
+4. :data:`RECIPE_DEFAULTS` (the project's command-line defaults, for callers without argument objects).
 
-So an explicit flag is never silently ignored, and a per-task file can still single one task out.
+A recipe therefore sets only what makes its task different (lrlm's teacher-chosen positive, chat's
+temperature, ...); everything it leaves unset is the command line's. The resolved values and where each
+came from are logged when a training file is loaded, so a flag a recipe overrides is visible, not silent.
 """
 from __future__ import annotations
 
@@ -52,19 +54,18 @@ class TaskRecipe:
     extra: dict = field(default_factory=dict)
 
     def get(self, name: str, default):
-        """The recipe's value for ``name``, or ``default`` when unset (no command-line precedence)."""
+        """The recipe's value for ``name``, or ``default`` (the command-line value) when unset."""
         value = getattr(self, name, None)
         return default if value is None else value
 
 
-# Fields resolved through the precedence chain, with the value used when nobody sets them.
-# The defaults are the reference's run_dense.py defaults (FlagEmbedding research/llm_embedder,
-# src/retrieval/args.py: train_group_size 8, select_positive "first", select_negative "random";
-# src/retrieval/modeling_dense.py: contrastive_weight 0.2, distill_weight 1.0, temperatures 1.0,
-# stable_distill False; in-batch negatives are always on in its contrastive loss).
+# Fields resolved through the precedence chain, with the value used when neither the recipe nor the
+# command line sets them: the project's command-line defaults (training/arguments.py; a test keeps the two
+# in step). The reference's run_dense.py differs in one: contrastive_weight 0.2, but its loss ignores the
+# weight whenever the contrastive loss is the only one active (modeling_dense.py, _compute_loss).
 RECIPE_DEFAULTS: dict[str, Any] = {
     "train_group_size": 8,
-    "contrastive_weight": 0.2,
+    "contrastive_weight": 1.0,
     "distill_weight": 1.0,
     "stable_distill": False,
     "teacher_temperature": 1.0,
@@ -106,45 +107,45 @@ class ResolvedRecipe:
         return dict(self.sources)[name]
 
 
-# Instructions and training recipes of BAAI/llm-embedder, checked against FlagEmbedding
-# research/llm_embedder/src/retrieval/data.py, TASK_CONFIG["llm-embedder"] ("instruction" and
-# "training"), which `scripts/llm-embedder.sh` applies with --use_train_config; the single-task commands in
-# research/llm_embedder/docs/fine-tune.md give the same settings. Notes on the reference table:
-# - qa and icl train with stable distillation only (contrastive_weight 0); icl picks a random positive.
-# - chat and lrlm train with KL distillation only, teacher_temperature 0.1, the positive chosen by the
-#   teacher; lrlm also filters rows whose teacher scores span less than 0.1 and keeps 10,000 per file.
-# - tool and convsearch train with the contrastive loss only (distill_weight 0).
+# Instructions and training recipes of BAAI/llm-embedder. Source: FlagEmbedding research/llm_embedder,
+# src/retrieval/data.py, TASK_CONFIG["llm-embedder"]["instruction"] and ["training"] (applied to every task
+# by scripts/llm-embedder.sh through --use_train_config); docs/fine-tune.md's single-task commands agree.
+# The instructions are verbatim. A recipe here keeps the reference values that differ from the defaults,
+# plus stable_distill for every task (it is what tells the tasks apart). The reference table:
+# - qa: stable distillation, contrastive_weight 0. Here contrastive_weight is left to the command line:
+#   the reference's qa files are all teacher-scored, ours often are not (SciFact / PubMedQA as shipped,
+#   iteration 0 of the 3-iteration pipeline), and with 0 such a file would train nothing. To reproduce the
+#   reference exactly, set {qa: {contrastive_weight: 0}} in --task_config (docs/tasks.md).
+# - icl: stable distillation, contrastive_weight 0, a random positive among the LM-chosen ones.
+# - chat: KL distillation only (contrastive_weight 0), teacher_temperature 0.1, the teacher picks the positive.
+# - lrlm: as chat, plus teacher_scores_margin 0.1 and max_sample_num 10000 per file.
+# - tool, convsearch: contrastive loss only (distill_weight 0).
 LLM_EMBEDDER_TASKS: dict[str, TaskRecipe] = {
     "qa": TaskRecipe(
         "qa", "Represent this query for retrieving relevant documents: ", "Represent this document for retrieval: ",
-        select_positive="first", select_negative="random", contrastive_weight=0.0, stable_distill=True,
-        lm_template="qa"),
+        stable_distill=True, lm_template="qa"),
     "convsearch": TaskRecipe(
         "convsearch", "Encode this query and context for searching relevant passages: ",
         "Encode this passage for retrieval: ",
-        select_positive="first", select_negative="random", distill_weight=0.0, stable_distill=False,
-        lm_template="qa"),
+        distill_weight=0.0, stable_distill=False, lm_template="qa"),
     "chat": TaskRecipe(
         "chat", "Embed this dialogue to find useful historical dialogues: ",
         "Embed this historical dialogue for retrieval: ",
-        select_positive="teacher", select_negative="random", contrastive_weight=0.0, distill_weight=1.0,
-        teacher_temperature=0.1, stable_distill=False, lm_template="chat"),
+        select_positive="teacher", contrastive_weight=0.0, distill_weight=1.0, teacher_temperature=0.1,
+        stable_distill=False, lm_template="chat"),
     "lrlm": TaskRecipe(
         "lrlm", "Embed this text chunk for finding useful historical chunks: ",
         "Embed this historical text chunk for retrieval: ",
-        select_positive="teacher", select_negative="random", max_sample_num=10000, teacher_scores_margin=0.1,
-        contrastive_weight=0.0, distill_weight=1.0, teacher_temperature=0.1, stable_distill=False,
-        lm_template="lrlm"),
+        select_positive="teacher", teacher_scores_margin=0.1, max_sample_num=10000, contrastive_weight=0.0,
+        distill_weight=1.0, teacher_temperature=0.1, stable_distill=False, lm_template="lrlm"),
     "icl": TaskRecipe(
         "icl", "Convert this example into vector to look for useful examples: ",
         "Convert this example into vector for retrieval: ",
-        select_positive="random", select_negative="random", contrastive_weight=0.0, stable_distill=True,
-        lm_template="icl"),
+        select_positive="random", contrastive_weight=0.0, stable_distill=True, lm_template="icl"),
     "tool": TaskRecipe(
         "tool", "Transform this user request for fetching helpful tool descriptions: ",
         "Transform this tool description for retrieval: ",
-        select_positive="first", select_negative="random", distill_weight=0.0, stable_distill=False,
-        lm_template="tool"),
+        distill_weight=0.0, stable_distill=False, lm_template="tool"),
 }
 
 # recipes as defined in code (built-in or register_task) and, separately, the --task_config overrides
@@ -191,30 +192,32 @@ def _cli_value(cli, name: str):
 
 
 def resolve_recipe(task: str, cli=None) -> ResolvedRecipe:
-    """Decide every recipe field of ``task``: --task_config > command line (not None) > recipe > default.
+    """Decide every recipe field of ``task``: --task_config > recipe > command line > RECIPE_DEFAULTS.
 
-    ``cli`` is a mapping or any object with the argument attributes (DataArguments, TrainingArguments);
-    missing attributes and ``None`` values count as "not given".
+    ``cli`` is a mapping or any object with the argument attributes (DataArguments, TrainingArguments, or
+    :class:`~llm_embedder.data.dataset.TrainDataArgs`); missing attributes and ``None`` count as not given.
     """
-    base = get_task(task)  # raises on unknown tasks
-    builtin = _REGISTRY[task]
-    overrides = _OVERRIDES.get(task, {})
+    recipe = get_task(task)  # raises on unknown tasks; --task_config overrides applied
+    overridden = _OVERRIDES.get(task, {})
     values, sources = {}, []
     for name in RESOLVED_FIELDS:
         cli_value = _cli_value(cli, name)
-        if name in overrides and overrides[name] is not None:
-            value, source = overrides[name], "task_config"
+        if getattr(recipe, name) is not None:
+            value, source = getattr(recipe, name), "task_config" if overridden.get(name) is not None else "recipe"
         elif cli_value is not None:
             value, source = cli_value, "cli"
-        elif getattr(builtin, name) is not None:
-            value, source = getattr(builtin, name), "recipe"
         else:
             value, source = RECIPE_DEFAULTS[name], "default"
         values[name] = value
         sources.append((name, source))
     check_recipe_fields(values, f"task '{task}'")
-    return ResolvedRecipe(name=task, query_instruction=base.query_instruction, key_instruction=base.key_instruction,
-                          lm_template=base.lm_template, sources=tuple(sources), **values)
+    return ResolvedRecipe(name=task, query_instruction=recipe.query_instruction, key_instruction=recipe.key_instruction,
+                          lm_template=recipe.lm_template, sources=tuple(sources), **values)
+
+
+def describe_recipe(recipe: ResolvedRecipe) -> str:
+    """One line: ``field=value (source)`` for every resolved field (for logs)."""
+    return ", ".join(f"{name}={getattr(recipe, name)} ({source})" for name, source in recipe.sources)
 
 
 def _check_value(name: str, value) -> str | None:
@@ -256,7 +259,7 @@ def check_recipe_fields(values: Mapping[str, Any], where: str) -> None:
 def load_task_config(path: str | Path) -> list[str]:
     """Apply a JSON/YAML file ``{task: {field: value}}``: existing tasks are overridden, new ones registered.
 
-    Overrides of an existing task win over the command line for that task (see :func:`resolve_recipe`).
+    Overrides win over the built-in recipe and the command line for that task (see :func:`resolve_recipe`).
     Returns the task names the file mentions.
     """
     path = Path(path)

@@ -21,13 +21,15 @@ class EmbedderCollator:
     ``encoder`` needs ``tokenize(texts, side="query"|"key", instruction="")`` (DenseEncoder has it).
     With ``add_instruction`` the task's (query, key) instructions from the task registry are used; a task
     with neither instruction is an error, so a run never trains without the instructions it asked for.
-    ``tasks`` limits the table to the tasks this run trains on and checks them up front.
+    ``tasks`` limits the table to the tasks this run trains on and checks them up front. Items without a
+    ``task`` (built by hand; TrainDataset items always have one) get ``default_task``.
     """
 
-    def __init__(self, encoder, add_instruction: bool, instructions: Mapping[str, tuple[str, str]] | None = None,
-                 tasks: Iterable[str] | None = None):
+    def __init__(self, encoder, add_instruction: bool = False, instructions: Mapping[str, tuple[str, str]] | None = None,
+                 tasks: Iterable[str] | None = None, default_task: str | None = None):
         self.encoder = encoder
         self.add_instruction = bool(add_instruction)
+        self.default_task = default_task
         table = dict(instructions) if instructions is not None else task_instructions(tasks)
         if tasks is not None:
             missing = [t for t in dict.fromkeys(tasks) if t not in table]
@@ -56,10 +58,12 @@ class EmbedderCollator:
     def __call__(self, items: list[dict]) -> dict:
         if not items:
             raise ValueError("EmbedderCollator got an empty batch")
-        tasks = {item["task"] for item in items}
+        tasks = {item.get("task", self.default_task) for item in items}
+        if None in tasks:
+            raise ValueError("an item has no 'task' and the collator has no default_task")
         if len(tasks) > 1:
             raise ValueError(f"a batch mixes tasks {sorted(tasks)}: use TaskBatchSampler so every batch comes from one file")
-        task = items[0]["task"]
+        task = tasks.pop()
         group_sizes = {len(item["keys"]) for item in items}
         if len(group_sizes) > 1:
             raise ValueError(f"a batch mixes group sizes {sorted(group_sizes)}")

@@ -29,7 +29,7 @@ from ..corpus import Corpus
 from ..errors import UserError
 from ..resources import resolve_data_path
 from ..schema import RecordFile, num_keys, raise_if_errors, read_records, validate_records
-from ..tasks import RESOLVED_FIELDS, ResolvedRecipe, get_task, known_tasks, resolve_recipe
+from ..tasks import ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,13 @@ def expand_train_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -
     return out
 
 
+def _how_to_set(name: str, recipe: ResolvedRecipe) -> str:
+    """Where a user changes a resolved field: the command line only reaches fields no recipe sets."""
+    if recipe.source(name) in ("cli", "default"):
+        return f"with --{name}"
+    return f"for task '{recipe.name}' in --task_config"
+
+
 def _split_keys(record: dict) -> tuple[list, list]:
     """``(positives, negatives)`` as key references, in the order teacher scores follow (schema.num_keys)."""
     if record.get("history") is not None and not (record.get("pos") or record.get("pos_index")
@@ -134,8 +141,14 @@ class TrainDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: Sequence[str | os.PathLike | RecordFile] | str | os.PathLike,
-                 corpus: Corpus | None = None, args: TrainDataArgs | Any | None = None):
-        self.args = args if isinstance(args, TrainDataArgs) else TrainDataArgs.from_args(*(a for a in [args] if a is not None))
+                 corpus: Corpus | None = None, args: TrainDataArgs | Any | None = None, **overrides):
+        """``args``: TrainDataArgs or any argument object(s) with those attribute names (see
+        :meth:`TrainDataArgs.from_args`); ``overrides``: TrainDataArgs fields given directly (they win)."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainDataArgs)})
+        if unknown:
+            raise TypeError(f"TrainDataset got unknown argument '{unknown[0]}'")
+        base = args if isinstance(args, TrainDataArgs) else TrainDataArgs.from_args(*(a for a in [args] if a is not None))
+        self.args = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
         self.corpus = corpus
         self.seed = int(self.args.seed)
         if self.args.default_task is not None and self.args.default_task not in known_tasks():
@@ -154,6 +167,13 @@ class TrainDataset(torch.utils.data.Dataset):
             self.filter_report.append(dict(report, dataset=len(self.files) - 1))
         self.file_sizes = [len(tf.rows) for tf in self.files]
         self._offsets = np.cumsum([0] + self.file_sizes).tolist()
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict], corpus: Corpus | None = None, args=None,
+                     name: str = "<records>", **overrides) -> "TrainDataset":
+        """A one-file dataset from in-memory records (validated like a file; ``name`` appears in errors)."""
+        rf = RecordFile(Path(name), list(records), list(range(1, len(records) + 1)))
+        return cls([rf], corpus=corpus, args=args, **overrides)
 
     # ------------------------------------------------------------------ loading
     def _read_all(self, files) -> list[RecordFile]:
@@ -200,12 +220,15 @@ class TrainDataset(torch.utils.data.Dataset):
                           "them (score all records of a file or none)")
         if recipe.contrastive_weight == 0 and (not has_scores or recipe.distill_weight == 0):
             why = "its records have no teacher_scores" if not has_scores else "distill_weight is 0 too"
-            errors.append(f"{rf.path}: task '{task}' trains with contrastive_weight 0 ({recipe.source('contrastive_weight')}) "
-                          f"but {why}: nothing to learn (score the file with run_lm_score.py, or pass --contrastive_weight)")
+            errors.append(f"{rf.path}: task '{task}' has contrastive_weight 0 (from {recipe.source('contrastive_weight')}) "
+                          f"but {why}: nothing to learn (score the file with run_lm_score.py, or set contrastive_weight "
+                          f"{_how_to_set('contrastive_weight', recipe)})")
         if recipe.select_positive == "teacher" and not has_scores:
-            errors.append(f"{rf.path}: select_positive 'teacher' ({recipe.source('select_positive')}) needs teacher_scores, "
-                          "this file has none (use --select_positive first)")
+            errors.append(f"{rf.path}: select_positive 'teacher' (from {recipe.source('select_positive')}) needs "
+                          f"teacher_scores and this file has none (set select_positive first "
+                          f"{_how_to_set('select_positive', recipe)})")
         raise_if_errors(errors)
+        logger.info("%s: task %s: %s", rf.path, task, describe_recipe(recipe))
 
         report = {"file": str(rf.path), "task": task, "records": len(rf), "kept": 0,
                   "below_teacher_scores_min": 0, "below_teacher_scores_margin": 0, "over_max_sample_num": 0,
@@ -278,8 +301,8 @@ class TrainDataset(torch.utils.data.Dataset):
                 neg, neg_scores = neg[:j] + neg[j + 1:], neg_scores[:j] + neg_scores[j + 1:]
         else:
             if not pos:
-                errors.append(f"{where}: pos: no positive for select_positive '{strategy}' "
-                              f"({recipe.source('select_positive')}); rows without positives need select_positive teacher")
+                errors.append(f"{where}: pos: no positive for select_positive '{strategy}' (from "
+                              f"{recipe.source('select_positive')}); rows without positives need select_positive teacher")
                 return None
             positives = pos[:1] if strategy == "first" else pos
             pos_scores = None if pos_scores is None else pos_scores[: len(positives)]
