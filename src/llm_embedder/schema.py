@@ -121,7 +121,8 @@ def parse_json_file(path: str | os.PathLike) -> tuple[Path, list[dict], list[int
     path = resolve_data_path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    parse = _parse_array if _first_significant_byte(path) == b"[" else _parse_jsonl
+    first = _first_significant_byte(path)
+    parse = _parse_array if first == b"[" else _parse_jsonl
     objects, lines, problems = [], [], []
     for n, obj, problem in parse(path):
         if problem is not None:
@@ -129,7 +130,17 @@ def parse_json_file(path: str | os.PathLike) -> tuple[Path, list[dict], list[int
         else:
             objects.append(obj)
             lines.append(n)
+    if first == b"{" and problems and not objects and _is_one_json_object(path):
+        problems = [(1, "the file is one JSON object spread over several lines; records must be JSON lines "
+                        "(one object per line) or a JSON array")]
     return path, objects, lines, problems
+
+
+def _is_one_json_object(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8-sig")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def read_json_objects(path: str | os.PathLike) -> tuple[Path, list[dict], list[int]]:
