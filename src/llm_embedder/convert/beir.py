@@ -168,25 +168,21 @@ class BeirSplit:
     sources: dict[str, object] = field(default_factory=dict)
 
 
-def _negatives_by_query(path: str | os.PathLike, folder: BeirFolder) -> tuple[Path, dict[str, list[tuple[int, str]]]]:
-    """``query_id -> [(row, doc id), ...]`` from a schema file's ``neg_ids`` (preferred) or ``neg_index``."""
+def _negatives_by_query(path: str | os.PathLike, folder: BeirFolder) -> tuple[Path, dict[str, list[str]]]:
+    """``query_id -> [doc id, ...]`` from a schema file's ``neg_index`` (rows of this BEIR corpus).
+
+    The file is validated against the corpus first, so ``neg_ids``, when present, must name the same rows.
+    """
     rf = read_records(path, purpose="any", corpus_ids=folder.doc_ids)
-    negatives: dict[str, list[tuple[int, str]]] = {}
+    negatives: dict[str, list[str]] = {}
     problems = []
     for i, record in enumerate(rf.records):
         if "query_id" not in record:
             problems.append(f"{rf.where(i)}: query_id: needed to match negatives to BEIR queries")
-            continue
-        pairs = []
-        if record.get("neg_ids") is not None:
-            for doc_id in record["neg_ids"]:
-                if doc_id not in folder.doc_rows:
-                    problems.append(f"{rf.where(i)}: neg_ids: {doc_id!r} is not in {folder.corpus_path}")
-                    break
-                pairs.append((folder.doc_rows[doc_id], doc_id))
+        elif record.get("neg_index") is None:
+            problems.append(f"{rf.where(i)}: neg_index: needed (rows of {folder.corpus_path})")
         else:
-            pairs = [(row, folder.doc_ids[row]) for row in record.get("neg_index") or []]
-        negatives.setdefault(str(record["query_id"]), []).extend(pairs)
+            negatives.setdefault(str(record["query_id"]), []).extend(folder.doc_ids[row] for row in record["neg_index"])
     raise_if_errors(problems)
     return rf.path, negatives
 
@@ -253,7 +249,7 @@ def convert_beir_split(folder: BeirFolder | str | os.PathLike, split: str, min_s
         counts["above_max_score"] += sum(1 for g in docs.values() if max_score is not None and g > max_score)
         negatives = list(below) if below_min_as_negatives else []
         seen = {d for d, _ in negatives}
-        for _, doc_id in mined.get(qid, []):
+        for doc_id in mined.get(qid, []):
             if doc_id in docs and docs[doc_id] >= min_score:
                 counts["mined_negatives_dropped_judged_relevant"] += 1
             elif doc_id in seen:
