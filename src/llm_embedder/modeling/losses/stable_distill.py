@@ -17,9 +17,9 @@ single-process loss on the global batch and the caller scales it by the world si
 
 Reference: Zhang et al. 2023, "Retrieve Anything To Augment Large Language Models" (LLM-Embedder), and
 its ``_compute_loss`` (stable_distill branch). Differences: the reference takes ``softmax(t)`` without
-the teacher temperature and relies on the data pipeline to have sorted the keys (positive first); here
-``teacher_temperature`` is applied and the ordering happens in the loss, with ``positive_first`` as an
-explicit option (default True, the reference's behaviour).
+the teacher temperature and ranks the keys in the order the batch gives them (positive first); here
+``teacher_temperature`` is applied and the ordering by teacher score happens in the loss, with
+``positive_first`` as an explicit option (default True, as the reference's positive-first layout).
 """
 from __future__ import annotations
 

@@ -1,0 +1,132 @@
+"""GradCache: cached (chunked) parameter gradients must equal the uncached ones (cf. sentence-transformers
+test_cmnrl.py), with dropout masks reproduced by the recorded RNG states."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel
+
+from llm_embedder.modeling import grad_cache
+from llm_embedder.modeling.grad_cache import grad_cached_loss, split_inputs
+from llm_embedder.modeling.losses import LossParams, compute_loss
+
+B, G, L, VOCAB = 4, 3, 7, 50
+
+
+class TinyEncoder(torch.nn.Module):
+    """Random 2-layer BERT (float64), mean pooling, a query-only head (so the side matters), normalised."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                            max_position_embeddings=32)
+        self.bert = BertModel(config, add_pooling_layer=False).double()
+        self.query_head = torch.nn.Linear(16, 16).double()
+
+    def embed(self, inputs, side):
+        hidden = self.bert(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        if side == "query":
+            pooled = self.query_head(pooled)
+        return F.normalize(pooled, dim=-1)
+
+
+def _inputs(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, L), generator=gen)
+    lengths = torch.randint(2, L + 1, (n,), generator=gen)
+    mask = (torch.arange(L)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+QUERIES, KEYS = _inputs(B, 1), _inputs(B * G, 2)
+TEACHER = torch.randn(B, G, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+PARAMS = LossParams(contrastive_weight=0.5, distill_weight=1.0, stable_distill=True, cos_temperature=0.05)
+
+
+def loss_fn(q, k):
+    return compute_loss(q, k, TEACHER, G, PARAMS)
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def uncached(model, chunk_size=None):
+    """Plain backward; with chunk_size, embed in the same chunks (same RNG consumption as the cache)."""
+    model.zero_grad()
+    if chunk_size is None:
+        q, k = model.embed(QUERIES, "query"), model.embed(KEYS, "key")
+    else:
+        q = torch.cat([model.embed(c, "query") for c in split_inputs(QUERIES, chunk_size)])
+        k = torch.cat([model.embed(c, "key") for c in split_inputs(KEYS, chunk_size)])
+    out = loss_fn(q, k)
+    out["loss"].backward()
+    return out, _grads(model)
+
+
+def cached(model, chunk_size, scale=1.0):
+    model.zero_grad()
+    out = grad_cached_loss(model.embed, QUERIES, KEYS, loss_fn, chunk_size)
+    (out["loss"] * scale).backward()
+    return out, _grads(model)
+
+
+def assert_same_grads(a, b, factor=1.0):
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        torch.testing.assert_close(a[name], factor * b[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 100])
+def test_cached_gradients_equal_uncached(chunk_size):
+    model = TinyEncoder(dropout=0.0)
+    ref_out, ref = uncached(model)
+    out, got = cached(model, chunk_size)
+    assert out["loss"].item() == pytest.approx(ref_out["loss"].item(), rel=1e-12)
+    assert out["contrastive"].item() == pytest.approx(ref_out["contrastive"].item(), rel=1e-12)
+    assert out["distill"].item() == pytest.approx(ref_out["distill"].item(), rel=1e-12)
+    assert_same_grads(got, ref)
+
+
+def test_loss_scaling_before_backward_scales_the_gradients():
+    # e.g. the Trainer's division by gradient_accumulation_steps
+    model = TinyEncoder(dropout=0.0)
+    _, ref = uncached(model)
+    _, got = cached(model, 5, scale=0.25)
+    assert_same_grads(got, ref, factor=0.25)
+
+
+def test_dropout_masks_are_replayed():
+    model = TinyEncoder(dropout=0.3).train()
+    torch.manual_seed(42)
+    ref_out, ref = uncached(model, chunk_size=3)
+    torch.manual_seed(42)
+    out, got = cached(model, 3)
+    assert out["loss"].item() == pytest.approx(ref_out["loss"].item(), rel=1e-12)
+    assert_same_grads(got, ref)
+
+
+def test_without_replayed_rng_the_gradients_would_differ(monkeypatch):
+    model = TinyEncoder(dropout=0.3).train()
+    torch.manual_seed(42)
+    _, ref = uncached(model, chunk_size=3)
+    monkeypatch.setattr(grad_cache.RandContext, "__enter__", lambda self: None)
+    monkeypatch.setattr(grad_cache.RandContext, "__exit__", lambda self, *exc: None)
+    torch.manual_seed(42)
+    _, got = cached(model, 3)
+    assert any(not torch.allclose(got[name], ref[name]) for name in ref)
+
+
+def test_split_inputs():
+    chunks = split_inputs(QUERIES, 3)
+    assert [c["input_ids"].shape[0] for c in chunks] == [3, 1]
+    assert torch.equal(torch.cat([c["attention_mask"] for c in chunks]), QUERIES["attention_mask"])
+    with pytest.raises(ValueError, match="same number of rows"):
+        split_inputs({"input_ids": torch.zeros(2, 3), "attention_mask": torch.zeros(3, 3)}, 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        grad_cached_loss(lambda x, s: x, QUERIES, KEYS, loss_fn, 0)
