@@ -35,7 +35,7 @@ def problems_of(path, **kwargs) -> list[str]:
 # Each case: the bad line (record 2 of the file, after a good record), read_records options, and the exact
 # "field: message" start expected at line 2.
 BAD_RECORDS = [
-    ("invalid-json", '{"query": "q", "pos": ["p"]', {}, "invalid JSON: Expecting ',' delimiter"),
+    ("invalid-json", '{"query": "q", "pos": ["p"]', {}, "invalid JSON: Expecting ',' delimiter (column 28)"),
     ("not-an-object", "[1, 2]", {}, "expected a JSON object, got a list"),
     ("query-missing", {"pos": ["p"]}, {}, "query: missing"),
     ("query-empty", {"query": "  ", "pos": ["p"]}, {}, "query: empty"),

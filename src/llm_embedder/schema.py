@@ -80,7 +80,7 @@ def _parse_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.rstrip(b"\r\n").decode("utf-8")
             except UnicodeDecodeError as err:
                 yield n, None, f"not valid UTF-8 (byte {err.start + 1} of the line)"
                 continue
