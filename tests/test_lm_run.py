@@ -1,0 +1,171 @@
+"""run_lm_score.py end to end on a tiny random LM: output rows and meta, policies, resume, errors."""
+from __future__ import annotations
+
+import json
+import pytest
+
+from llm_embedder.errors import UserError
+from llm_embedder.lm import run as lm_run
+from llm_embedder.lm.scorer import LMScorer
+from test_lm_fixtures import QA_ROWS, one_torch_thread, reference_score, tiny_lm, tiny_lm_dir, write_jsonl  # noqa: F401
+
+
+def score(argv) -> None:
+    lm_run.run(lm_run.build_parser().parse_args([str(a) for a in argv]))
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    return write_jsonl(tmp_path / "train.json", QA_ROWS)
+
+
+def test_output_keeps_rows_in_order_and_adds_aligned_teacher_scores(tmp_path, qa_file, tiny_lm_dir, tiny_lm):
+    score(["--eval_data", qa_file, "--model_name_or_path", tiny_lm_dir, "--save_name", "tiny", "--token_budget", "1024",
+           "--max_length", "64"])
+    out = tmp_path / "train.scored.tiny.json"
+    rows = read_jsonl(out)
+    assert [{k: v for k, v in r.items() if k != "teacher_scores"} for r in rows] == QA_ROWS
+    assert [len(r["teacher_scores"]) for r in rows] == [4, 3, 2]
+
+    # independent recomputation of one key's score: mean over its two answers of the mean answer log-prob
+    tok = tiny_lm.tokenizer
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    row = QA_ROWS[0]
+    prompt = enc(f"Knowledge: {row['neg'][1]}\nQuestion: {row['query']}\nAnswer:")
+    expected = [reference_score(tiny_lm.model, prompt, enc(" " + a)) for a in row["answers"]]
+    assert rows[0]["teacher_scores"][2] == pytest.approx(sum(expected) / 2, abs=1e-4)
+
+    meta = json.loads((tmp_path / "train.scored.tiny.meta.json").read_text())
+    assert meta["normalisation"] == "mean log-probability per answer token"
+    assert meta["answer_policy"] == "mean"
+    assert meta["templates"]["qa"]["prompt"] == "Knowledge: {key}\nQuestion: {query}\nAnswer:"
+    assert meta["lm"]["path"] == str(tiny_lm_dir) and meta["lm"]["dtype"] == "float32"
+    assert meta["counts"]["pairs"] == 4 * 2 + 3 + 2 and meta["counts"]["rows"] == 3
+    assert meta["max_length"] == 64 and meta["versions"]["llm_embedder"]
+    assert not (tmp_path / "train.scored.tiny.json.partial").exists()  # removed once the output is complete
+
+
+def test_answer_policy_max_takes_the_best_answer(tmp_path, qa_file, tiny_lm_dir):
+    for policy in ("mean", "max"):
+        score(["--eval_data", qa_file, "--model_name_or_path", tiny_lm_dir, "--save_name", policy,
+               "--answer_policy", policy, "--max_queries", "1"])
+    mean = read_jsonl(tmp_path / "train.scored.mean.json")[0]["teacher_scores"]
+    best = read_jsonl(tmp_path / "train.scored.max.json")[0]["teacher_scores"]
+    # with two answers a, b: mean = (a+b)/2 and max = max(a, b), so max >= mean, equality only if a == b
+    assert all(b > m for b, m in zip(best, mean))
+
+
+def test_query_likelihood_with_corpus_indices_and_max_keys(tmp_path, tiny_lm_dir, tiny_lm):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(5)])
+    rows = [{"query": "a claim", "pos_index": [3], "neg_index": [0, 4, 1], "pos_ids": ["d3"]}]
+    data = write_jsonl(tmp_path / "claims.json", rows)
+    score(["--eval_data", data, "--corpus", corpus, "--key_template", "{title}: {text}", "--template", "query_likelihood",
+           "--model_name_or_path", tiny_lm_dir, "--save_name", "ql", "--max_keys", "3", "--bf16"])
+    (out,) = read_jsonl(tmp_path / "claims.scored.ql.json")
+    assert (out["pos_index"], out["neg_index"], out["pos_ids"], len(out["teacher_scores"])) == ([3], [0, 4], ["d3"], 3)
+    meta = json.loads((tmp_path / "claims.scored.ql.meta.json").read_text())
+    assert meta["fields_truncated_by_max_keys"] == ["neg_index", "pos_index"]
+    assert meta["lm"]["dtype"] == "bfloat16" and meta["corpus"] == str(corpus.resolve())
+    tok = tiny_lm.tokenizer
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = enc("Passage: T4: text 4\nPlease write a question/claim based on this passage.\n")
+    fp32 = reference_score(tiny_lm.model, prompt, enc("a claim"))
+    assert out["teacher_scores"][2] == pytest.approx(fp32, abs=0.1)  # bf16: close, not equal
+
+
+class Killed(Exception):
+    """Stands in for the process being killed in the middle of scoring."""
+
+
+def test_resume_after_a_kill_rescoring_nothing_twice(tmp_path, qa_file, tiny_lm_dir, monkeypatch):
+    common = ["--eval_data", qa_file, "--model_name_or_path", tiny_lm_dir, "--token_budget", "64", "--max_length", "64",
+              "--save_every", "2"]
+    score(common + ["--save_name", "tiny", "--output_dir", tmp_path / "uninterrupted"])
+    expected = (tmp_path / "uninterrupted" / "train.scored.tiny.json").read_bytes()
+
+    real = LMScorer.score_batch
+    scored = []
+
+    def dies_after_three_batches(self, sequences):
+        if len(scored) >= 3 and dying:
+            raise Killed
+        scored.append(len(sequences))
+        return real(self, sequences)
+
+    monkeypatch.setattr(LMScorer, "score_batch", dies_after_three_batches)
+    dying = True
+    with pytest.raises(Killed):
+        score(common + ["--save_name", "tiny"])
+    output = tmp_path / "train.scored.tiny.json"
+    assert not output.exists()  # nothing half-written
+    saved_lines = sum(len(p.read_text().splitlines()) for p in (tmp_path / "train.scored.tiny.json.partial").glob("scores.*"))
+    first_run = sum(scored)
+    assert 2 <= saved_lines <= first_run
+
+    dying = False
+    score(common + ["--save_name", "tiny"])
+    assert output.read_bytes() == expected  # identical to the uninterrupted run
+    assert sum(scored) - first_run == 13 - saved_lines  # only the unsaved pairs were scored again
+    meta = json.loads((tmp_path / "train.scored.tiny.meta.json").read_text())
+    assert meta["counts"]["pairs_resumed_from_partial"] == saved_lines
+
+
+def test_partial_scores_of_other_work_are_refused(tmp_path, qa_file, tiny_lm_dir, monkeypatch):
+    common = ["--eval_data", qa_file, "--model_name_or_path", tiny_lm_dir, "--save_name", "tiny", "--token_budget", "64",
+              "--max_length", "64", "--save_every", "1"]
+    calls = []
+
+    def dies(self, sequences):
+        calls.append(1)
+        if len(calls) > 1:
+            raise Killed
+        return [0.0] * len(sequences)
+
+    monkeypatch.setattr(LMScorer, "score_batch", dies)
+    with pytest.raises(Killed):
+        score(common)
+    with pytest.raises(UserError, match="partial scores of a different run"):
+        score(common + ["--key_max_length", "8"])  # different inputs to the LM
+
+
+def test_cli_prints_one_line_and_exits_2_before_loading_the_model(tmp_path, tiny_lm_dir, monkeypatch, capsys):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the input is bad")
+
+    monkeypatch.setattr(lm_run, "load_model", must_not_load)
+    bad = write_jsonl(tmp_path / "bad.json", [QA_ROWS[0], {"query": "q?", "task": "qa", "pos": ["k"]}])
+    with pytest.raises(SystemExit) as exit_:
+        lm_run.main(["--eval_data", str(bad), "--model_name_or_path", str(tiny_lm_dir), "--save_name", "x"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {bad}:2: answers: missing or empty, but template 'qa' scores " \
+                                              "p(answer | prompt) (pass --template query_likelihood to score p(query | key) instead)"
+    assert not (tmp_path / "bad.scored.x.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_length", "0"], "--max_length: must be at least 1"),
+    (["--token_budget", "100"], "--token_budget (100) must be at least --max_length (1024)"),
+    (["--save_every", "-1"], "--save_every: must be 0"),
+    (["--key_template", "{title}"], "--key_template: formats corpus rows, but there is no --corpus"),
+    (["--model_name_or_path", "no/such/dir"], "--model_name_or_path: 'no/such/dir' is neither"),
+])
+def test_bad_arguments_name_the_argument(tmp_path, qa_file, argv, message):
+    with pytest.raises(UserError) as err:
+        score(["--eval_data", qa_file, "--save_name", "x", *argv])
+    assert message in str(err.value)
+
+
+def test_aggregate_policies_by_hand():
+    from llm_embedder.lm.pairs import Pair, RowPlan, ScoringPlan
+    from llm_embedder.lm.templates import get_template
+
+    rp = RowPlan(0, get_template("qa"), ["k0", "k1"], ["a", "b", "c"], "q", "", "pos+neg")
+    pairs = [Pair(0, k, a, [1], [2]) for k in range(2) for a in range(3)]
+    plan = ScoringPlan([{}], [rp], pairs, {})
+    values = [-1.0, -2.0, -6.0, -0.5, -0.25, -3.0]
+    assert lm_run.aggregate(plan, values, "mean") == [[-3.0, pytest.approx(-3.75 / 3)]]
+    assert lm_run.aggregate(plan, values, "max") == [[-1.0, -0.25]]
