@@ -86,7 +86,9 @@ def parameters_digest(module) -> str:
 
 
 def encoder_settings(encoder) -> dict:
-    """The encoder attributes that change its vectors (those it has, among :data:`SETTING_NAMES`)."""
+    """The settings that change the vectors: ``DenseEncoder.settings()``, else the attributes it has."""
+    if callable(getattr(encoder, "settings", None)):
+        return dict(encoder.settings())
     return {name: getattr(encoder, name) for name in SETTING_NAMES if isinstance(getattr(encoder, name, None), (str, int, float, bool))}
 
 

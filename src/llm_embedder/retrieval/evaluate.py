@@ -125,6 +125,39 @@ def _check_hits(hits: int, cutoffs: Sequence[int]) -> None:
         raise UserError(f"--hits: {hits} is below the largest cutoff {max(cutoffs)}; retrieve at least that deep")
 
 
+def dense_topk(encoder, queries: Sequence[str], corpus: Corpus, hits: int, query_instruction: str = "",
+               key_instruction: str = "", batch_size: int = 64, rows_subset: np.ndarray | None = None, cache_dir=None,
+               model_dir=None, faiss_index: str = "flat", index_params: IndexParams | None = None,
+               key_embeddings: np.ndarray | None = None, show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, corpus rows)`` of the top ``hits`` keys per query (restricted to ``rows_subset`` if given).
+
+    ``key_embeddings`` (vectors of every corpus row, e.g. merged by torchrun ranks) skips corpus encoding.
+    """
+    from .encode import encode_texts
+
+    if key_embeddings is not None:
+        if len(key_embeddings) != len(corpus):
+            raise ValueError(f"key_embeddings has {len(key_embeddings)} rows for a corpus of {len(corpus)}")
+        key_emb = key_embeddings if rows_subset is None else key_embeddings[rows_subset]
+    else:
+        texts = corpus.texts if rows_subset is None else [corpus.texts[r] for r in rows_subset]
+        ids = corpus.ids if rows_subset is None else [corpus.ids[r] for r in rows_subset]
+        key_emb = encode_texts(encoder, texts, side="key", instruction=key_instruction, batch_size=batch_size,
+                               cache_dir=cache_dir, model_dir=model_dir, ids=ids, show_progress=show_progress)
+    query_emb = encode_texts(encoder, list(queries), side="query", instruction=query_instruction,
+                             batch_size=batch_size, show_progress=show_progress)
+    scores, rows = search(query_emb, key_emb, hits, index=faiss_index, params=index_params)
+    if rows_subset is not None:
+        rows = np.where(rows >= 0, rows_subset[np.clip(rows, 0, None)], -1)
+    return scores, rows
+
+
+def subsample_label(corpus_subsample: int | None, seed: int, n_kept: int, n_rows: int) -> str:
+    if corpus_subsample:
+        return f"subsample(N={corpus_subsample}, seed={seed}, rows={n_kept} of {n_rows})"
+    return f"full(N={n_rows})"
+
+
 def evaluate_dense(encoder, records, corpus: Corpus, metrics: Sequence[str], cutoffs: Sequence[int],
                    query_instruction: str = "", key_instruction: str = "", batch_size: int = 64,
                    corpus_subsample: int | None = None, seed: int = 0, hits: int = 100, cache_dir=None,
@@ -135,36 +168,21 @@ def evaluate_dense(encoder, records, corpus: Corpus, metrics: Sequence[str], cut
     ``corpus_subsample=N`` searches all positives plus N other seeded rows (labelled
     ``subsample(N=.., seed=..)``). ``cache_dir`` caches the corpus vectors (see :mod:`.encode`;
     ``model_dir`` fingerprints by the model's files instead of hashing its parameters).
-    ``key_embeddings`` skips corpus encoding (vectors of every corpus row, e.g. merged by torchrun ranks).
     """
-    from .encode import encode_texts
-
     metrics, cutoffs = check_metrics(metrics, cutoffs)
     _check_hits(hits, cutoffs)
     check_answers(records, metrics)
     qids = query_ids(records)
     pos_rows = positive_rows(records, corpus)
+    keep = None
     if corpus_subsample:
         keep = subsample_rows(len(corpus), [r for rows in pos_rows for r in rows], corpus_subsample, seed)
-        label = f"subsample(N={corpus_subsample}, seed={seed}, rows={len(keep)} of {len(corpus)})"
-    else:
-        keep = None
-        label = f"full(N={len(corpus)})"
-    if key_embeddings is not None:
-        if len(key_embeddings) != len(corpus):
-            raise ValueError(f"key_embeddings has {len(key_embeddings)} rows for a corpus of {len(corpus)}")
-        key_emb = key_embeddings if keep is None else key_embeddings[keep]
-    else:
-        texts = corpus.texts if keep is None else [corpus.texts[r] for r in keep]
-        ids = corpus.ids if keep is None else [corpus.ids[r] for r in keep]
-        key_emb = encode_texts(encoder, texts, side="key", instruction=key_instruction, batch_size=batch_size,
-                               cache_dir=cache_dir, model_dir=model_dir, ids=ids, show_progress=show_progress)
-    queries = [r["query"] for r in _records(records)]
-    query_emb = encode_texts(encoder, queries, side="query", instruction=query_instruction, batch_size=batch_size,
-                             show_progress=show_progress)
-    scores, rows = search(query_emb, key_emb, hits, index=faiss_index, params=index_params)
-    if keep is not None:
-        rows = np.where(rows >= 0, keep[np.clip(rows, 0, None)], -1)
+    label = subsample_label(corpus_subsample, seed, len(keep) if keep is not None else len(corpus), len(corpus))
+    scores, rows = dense_topk(encoder, [r["query"] for r in _records(records)], corpus, hits,
+                              query_instruction=query_instruction, key_instruction=key_instruction,
+                              batch_size=batch_size, rows_subset=keep, cache_dir=cache_dir, model_dir=model_dir,
+                              faiss_index=faiss_index, index_params=index_params, key_embeddings=key_embeddings,
+                              show_progress=show_progress)
     result = score_topk(records, qids, pos_rows, corpus, scores, rows, metrics, cutoffs, label)
     logger.info("dense retrieval on %s: %s", label, _fmt(result["metrics"]))
     return result

@@ -1,0 +1,118 @@
+"""Hard-negative mining (``--metrics collate_neg``): retrieved keys that are not positives become ``neg``.
+
+For every input record, in order, the negatives are the top ``max_neg_num`` retrieved corpus rows after
+
+* skipping the first ``neg_start`` retrieved ranks (the very top is where unlabelled positives hide),
+* removing positives by row (``pos_index``) and by normalised text (case and whitespace folded; the
+  record's ``pos`` texts and the texts of its ``pos_index`` rows), so a duplicate of a positive under
+  another row is not mined either,
+* with ``filter_answers``, removing keys that contain one of the record's ``answers`` (SQuAD-normalised,
+  whole tokens: the metric's ``has_answer``).
+
+The record gets ``neg_index`` (rows, rank order) and ``neg`` (their texts); everything else is kept, except
+``teacher_scores``, which described the old keys and is dropped (counted and logged). A record whose
+retrieval left no negative is kept with empty lists and counted. The reference implementation drops such
+rows, and never filters positives by index (it compares a row number with a list); this one does both.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..corpus import Corpus
+from ..errors import UserError
+from .metrics import has_answer
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_text(text: str) -> str:
+    """Case- and whitespace-folded text, for comparing keys with positives."""
+    return " ".join(text.lower().split())
+
+
+@dataclass
+class MiningStats:
+    """What mining did, for the log and the run summary."""
+
+    rows: int = 0
+    rows_without_negatives: int = 0
+    rows_with_fewer_negatives: int = 0  # some, but fewer than max_neg_num
+    negatives: int = 0
+    positives_skipped: int = 0  # retrieved keys dropped because they are positives (row or text)
+    answer_keys_skipped: int = 0
+    teacher_scores_removed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_mining_args(max_neg_num: int, neg_start: int, hits: int) -> None:
+    """Argument checks done before any retrieval."""
+    if max_neg_num < 1:
+        raise UserError(f"--max_neg_num: must be at least 1, got {max_neg_num}")
+    if neg_start < 0:
+        raise UserError(f"--neg_start: must be 0 or more, got {neg_start}")
+    if hits < neg_start + max_neg_num:
+        raise UserError(f"--hits: {hits} retrieved keys cannot give --max_neg_num {max_neg_num} negatives "
+                        f"after skipping --neg_start {neg_start}; use --hits {neg_start + max_neg_num} or more")
+
+
+def mine_negatives(records: Sequence[dict], rows: np.ndarray, corpus: Corpus, max_neg_num: int = 100,
+                   neg_start: int = 0, filter_answers: bool = False, exclude_by_index: bool = True,
+                   exclude_by_text: bool = True) -> tuple[list[dict], MiningStats]:
+    """New records with mined ``neg``/``neg_index`` from ranked corpus ``rows`` ``[len(records), hits]``.
+
+    ``exclude_by_index`` / ``exclude_by_text`` exist so tests can show each filter is needed; mining
+    should keep both on.
+    """
+    if len(rows) != len(records):
+        raise ValueError(f"{len(rows)} result rows for {len(records)} records")
+    stats = MiningStats(rows=len(records))
+    out = []
+    for record, ranked in zip(records, rows):
+        pos_rows = set(record.get("pos_index") or [])
+        pos_texts = {normalize_text(t) for t in record.get("pos") or []}
+        pos_texts |= {normalize_text(corpus.texts[r]) for r in pos_rows if 0 <= r < len(corpus)}
+        answers = record.get("answers") or []
+        negatives: list[int] = []
+        seen: set[int] = set()
+        for row in ranked[neg_start:]:
+            row = int(row)
+            if row < 0:
+                break
+            if (exclude_by_index and row in pos_rows) or (exclude_by_text and normalize_text(corpus.texts[row]) in pos_texts):
+                stats.positives_skipped += 1
+                continue
+            if filter_answers and answers and has_answer(answers, corpus.texts[row]):
+                stats.answer_keys_skipped += 1
+                continue
+            if row in seen:
+                continue
+            seen.add(row)
+            negatives.append(row)
+            if len(negatives) == max_neg_num:
+                break
+        new = dict(record)
+        new["neg_index"] = negatives
+        new["neg"] = [corpus.texts[r] for r in negatives]
+        if "teacher_scores" in new:
+            del new["teacher_scores"]
+            stats.teacher_scores_removed += 1
+        if not negatives:
+            stats.rows_without_negatives += 1
+        elif len(negatives) < max_neg_num:
+            stats.rows_with_fewer_negatives += 1
+        stats.negatives += len(negatives)
+        out.append(new)
+    if stats.teacher_scores_removed:
+        logger.warning("removed stale teacher_scores from %d records (they scored the old keys; re-score the mined file)",
+                       stats.teacher_scores_removed)
+    if stats.rows_without_negatives:
+        logger.warning("%d of %d records got no negative (kept with empty neg lists)", stats.rows_without_negatives, stats.rows)
+    logger.info("mined %d negatives for %d records (%d positives and %d answer-bearing keys skipped)",
+                stats.negatives, stats.rows, stats.positives_skipped, stats.answer_keys_skipped)
+    return out, stats
