@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..corpus import Corpus
 from ..errors import UserError
 from ..resources import resolve_data_path
-from ..schema import RecordFile, num_keys, raise_if_errors, read_records, validate_records
+from ..schema import RecordFile, raise_if_errors, read_records, uses_history, validate_records
 from ..tasks import ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
 
 logger = logging.getLogger(__name__)
@@ -124,13 +124,14 @@ def _how_to_set(name: str, recipe: ResolvedRecipe) -> str:
 
 
 def _split_keys(record: dict) -> tuple[list, list]:
-    """``(positives, negatives)`` as key references, in the order teacher scores follow (schema.num_keys)."""
-    if record.get("history") is not None and not (record.get("pos") or record.get("pos_index")
-                                                  or record.get("neg") or record.get("neg_index")):
+    """``(positives, negatives)`` as key references in ``teacher_scores`` order (as schema.record_keys):
+    ``history`` for chat rows, else each side's texts when given, else its corpus rows (ints, read lazily)."""
+    if uses_history(record):
         return [], list(record["history"])
-    pos = record["pos"] if record.get("pos") is not None else (record.get("pos_index") or [])
-    neg = record["neg"] if record.get("neg") is not None else (record.get("neg_index") or [])
-    return list(pos), list(neg)
+    sides = []
+    for side in ("pos", "neg"):
+        sides.append(list(record[side]) if record.get(side) else list(record.get(f"{side}_index") or []))
+    return sides[0], sides[1]
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -276,7 +277,7 @@ class TrainDataset(torch.utils.data.Dataset):
                      errors: list[str]) -> _Row | None:
         where = rf.where(i)
         if task == "chat" and not record.get("history"):
-            errors.append(f"{where}: history: chat records need a non-empty list of past sessions")
+            errors.append(f"{where}: history: chat records need a non-empty history (the past sessions to retrieve from)")
             return None
         pos, neg = _split_keys(record)
         scores = record.get("teacher_scores")
