@@ -189,3 +189,19 @@ def test_small_file_is_padded_without_drop_last():
     sampler = TaskBatchSampler([3, 16], 4, drop_last=False, seed=0)
     small = [batch for f, batch in sampler.global_batches(0) if f == 0]
     assert len(small) == 1 and len(small[0]) == 4 and set(small[0]) == {0, 1, 2}
+
+
+def _items(batch):
+    return batch  # keep the dataset's dicts as they are
+
+
+def test_train_dataset_items_are_identical_in_two_workers(toy_dir):
+    from llm_embedder.data.dataset import TrainDataset
+
+    dataset = TrainDataset([toy_dir], train_group_size=4, seed=5)
+    sampler = TaskBatchSampler(dataset.file_sizes, 2, world_size=2, rank=1, seed=5)
+    sampler.set_epoch(2)
+    expected = [[dataset[i] for i in batch] for batch in sampler]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=2, collate_fn=_items)
+    assert list(loader) == expected
+    assert {b[0]["task"] for b in expected} == set(dataset.tasks)
