@@ -214,15 +214,18 @@ def encode_chunks(encoder, texts: Sequence[str], chunks: list[tuple[int, int]], 
 
 def encode_texts(encoder, texts: Sequence[str], *, side: str = "key", instruction: str = "", batch_size: int = 64,
                  cache_dir: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None,
-                 ids: Sequence[str] | None = None, chunk_size: int = 1024, num_shards: int | None = None,
+                 ids: Sequence[str] | None = None, chunk_size: int = 256, num_shards: int | None = None,
                  shard_index: int | None = None, show_progress: bool = True, describe: dict | None = None) -> np.ndarray:
     """Embeddings ``[N, D]`` float32 of ``texts`` in input order, cached under ``cache_dir`` when given.
 
     ``num_shards``/``shard_index`` encode (and return) only that shard's rows; left ``None`` under an
     initialised torch.distributed group and with a ``cache_dir`` (shared by the ranks), each rank encodes its
     shard and every rank returns the merged matrix (rank 0 merges). Without ``cache_dir`` nothing is written,
-    nothing can resume, and every process encodes all the rows it is given. ``model_dir`` fingerprints the weights by their files (use it when the
-    encoder was loaded from that folder unchanged); otherwise the live parameters are hashed.
+    nothing can resume, and every process encodes all the rows it is given.
+
+    ``model_dir`` fingerprints the weights by their files (use it when the encoder was loaded from that
+    folder unchanged); otherwise the live parameters are hashed. ``describe`` (e.g. the corpus path and
+    ``--key_template``) is recorded in ``meta.json`` but is not fingerprinted: the texts themselves are.
     """
     rank, world = _dist()
     distributed = num_shards is None and world > 1 and cache_dir is not None
@@ -239,9 +242,8 @@ def encode_texts(encoder, texts: Sequence[str], *, side: str = "key", instructio
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float32)
 
     fields = {"encoder": encoder_identity(encoder, model_dir), "settings": encoder_settings(encoder),
-              "side": side, "instruction": instruction, "texts_sha256": texts_digest(texts), "rows": n,
-              "chunk_size": chunk_size, **(describe or {})}
-    cache = EmbeddingCache(cache_dir, fingerprint(fields), n, chunk_size, meta=fields)
+              "side": side, "instruction": instruction, "texts_sha256": texts_digest(texts), "rows": n}
+    cache = EmbeddingCache(cache_dir, fingerprint(fields), n, chunk_size, meta={**fields, **(describe or {})})
     if cache.complete():
         logger.info("reusing cached embeddings %s", cache.merged_path)
         emb = cache.load()
