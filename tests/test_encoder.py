@@ -24,6 +24,16 @@ INSTRUCTIONS = {"qa": ("Represent this query: ", "Represent this document: "),
                 "tool": ("Find a tool for: ", "")}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: two intra-op threads spin against each other (a tiny-BERT
+    forward measured 0.46 s with 2 threads under load vs 0.005 s with 1), so these tests use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load(path, **kwargs) -> DenseEncoder:
     torch.manual_seed(0)  # projections start random: make them reproducible
     return DenseEncoder.from_pretrained(path, **kwargs)
@@ -228,8 +238,13 @@ def test_sentence_transformers_dir_settings_are_read(tiny_bert_dir, tmp_path):
     enc = load(tiny_bert_dir, pooling_method="cls", normalize=False)
     out = enc.save_pretrained(tmp_path / "model")
     (out / "llm_embedder.json").unlink()
-    again = DenseEncoder.from_pretrained(out)
+    again = DenseEncoder.from_pretrained(out)  # the classic layout we write
     assert (again.pooling_method, again.normalize) == ("cls", False)
+    sentence_transformer(out).save(str(tmp_path / "resaved"))  # the layout sentence-transformers itself writes
+    resaved = DenseEncoder.from_pretrained(tmp_path / "resaved")
+    assert (resaved.pooling_method, resaved.normalize) == ("cls", False)
+    np.testing.assert_allclose(resaved.encode(TEXTS, show_progress=False), enc.encode(TEXTS, show_progress=False),
+                               atol=1e-6, rtol=0)
 
 
 def test_save_into_existing_dir_keeps_foreign_files_and_drops_stale_ones(tiny_bert_dir, tmp_path):
@@ -318,6 +333,7 @@ def test_lora_with_projection_and_untied(tiny_bert_dir):
     ({"key_max_length": 4096}, "^--key_max_length: 4096 exceeds the model's 512 positions"),
     ({"lora_rank": -1}, "^--lora_rank: expected an integer >= 0"),
     ({"lora_rank": 2, "lora_dropout": 1.5}, "^--lora_dropout:"),
+    ({"lora_rank": 2, "lora_alpha": 0}, "^--lora_alpha: expected a positive number"),
     ({"torch_dtype": "float64x"}, "^--torch_dtype: unknown dtype"),
     ({"normalize": "yes"}, "^--normalize: expected true or false"),
 ])

@@ -243,7 +243,10 @@ class DenseEncoder(nn.Module):
         _check_settings({k: DEFAULTS[k] if v is None else v for k, v in explicit.items()}, "--")
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
             raise UserError(f"--lora_rank: expected an integer >= 0, got {lora_rank!r}")
-        if lora_rank and not (0.0 <= float(lora_dropout) < 1.0):
+        if lora_rank and (isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or lora_alpha <= 0):
+            raise UserError(f"--lora_alpha: expected a positive number, got {lora_alpha!r}")
+        if lora_rank and (isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float))
+                          or not 0.0 <= lora_dropout < 1.0):
             raise UserError(f"--lora_dropout: expected a value in [0, 1), got {lora_dropout!r}")
         if add_pooler is False and projection_out_dim is not None:
             raise UserError("--projection_out_dim: needs --add_pooler (or leave --add_pooler unset)")
