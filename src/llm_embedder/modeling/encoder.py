@@ -304,7 +304,8 @@ class DenseEncoder(nn.Module):
             model = _add_lora(model, lora_rank, lora_alpha, lora_dropout, lora_target_modules)
             if key_model is not None:
                 key_model = _add_lora(key_model, lora_rank, lora_alpha, lora_dropout, lora_target_modules)
-            lora["target_modules"] = sorted(model.peft_config["default"].target_modules)
+            targets = model.peft_config["default"].target_modules  # peft's per-architecture default when None
+            lora["target_modules"] = targets if isinstance(targets, str) else sorted(targets)  # str = a regex
 
         return cls(model, tokenizer, pooling_method=settings["pooling_method"], normalize=settings["normalize"],
                    query_max_length=settings["query_max_length"], key_max_length=settings["key_max_length"],
