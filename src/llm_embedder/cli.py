@@ -10,6 +10,8 @@ import sys
 
 # name -> ("module:function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "encode": ("llm_embedder.retrieval.encode_cli:main", "embed a corpus or queries into .npy shards (--num_shards/--shard_index)"),
+    "search": ("llm_embedder.retrieval.search_cli:main", "merged top-k over .npy key shards -> run file (tsv or TREC)"),
     "convert": ("llm_embedder.convert:main", "convert other layouts into schema files (convert beir BEIR_DIR --output_dir DIR)"),
     "lm-score": ("llm_embedder.lm.run:main", "score keys with a causal LM into teacher_scores (same as run_lm_score.py)"),
     "report": ("llm_embedder.report:main", "print the before/after metrics table of a training run"),

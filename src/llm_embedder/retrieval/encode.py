@@ -236,6 +236,9 @@ def encode_texts(encoder, texts: Sequence[str], *, side: str = "key", instructio
         raise ValueError(f"shard_index {shard_index} outside 0..{num_shards - 1}")
     n = len(texts)
     chunks = shard_chunks(n, chunk_size, num_shards, shard_index)
+    if num_shards > 1:
+        lo, hi = shard_rows(n, chunk_size, num_shards, shard_index)
+        logger.info("shard %d of %d: %s rows %d..%d of %d", shard_index, num_shards, side, lo, hi - 1, n)
     if cache_dir is None:  # nothing to share between ranks: each process encodes what it was asked for
         parts = encode_chunks(encoder, texts, chunks, None, side=side, instruction=instruction,
                               batch_size=batch_size, show_progress=show_progress)
