@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..corpus import Corpus
+from ..corpus import Corpus, load_corpus
 from ..errors import UserError
 from ..resources import resolve_data_path
-from ..schema import RecordFile, raise_if_errors, read_records, uses_history, validate_records
+from ..schema import RecordFile, raise_if_errors, read_records, sidecar_corpus, uses_history, validate_records
 from ..tasks import ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class _TrainFile:
     recipe: ResolvedRecipe
     rows: list[_Row]
     has_scores: bool
+    corpus: Corpus | None = None  # where this file's corpus-row keys (ints) come from
 
 
 def expand_train_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -103,7 +104,8 @@ def expand_train_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -
     for given in paths:
         path = resolve_data_path(given)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in TRAIN_FILE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in TRAIN_FILE_SUFFIXES
+                           and not p.name.endswith(".meta.json"))  # sidecars describe files, they hold no records
             if not found:
                 raise UserError(f"--train_data: {given}: directory holds no *.json / *.jsonl files")
             out.extend(found)
@@ -151,6 +153,7 @@ class TrainDataset(torch.utils.data.Dataset):
         base = args if isinstance(args, TrainDataArgs) else TrainDataArgs.from_args(*(a for a in [args] if a is not None))
         self.args = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
         self.corpus = corpus
+        self._corpora: dict[Path, Corpus] = {corpus.path.resolve(): corpus} if corpus is not None and corpus.path else {}
         self.seed = int(self.args.seed)
         if self.args.default_task is not None and self.args.default_task not in known_tasks():
             raise UserError(f"--default_task: unknown task '{self.args.default_task}' (known: {', '.join(known_tasks())}; add one with --task_config)")
@@ -208,8 +211,25 @@ class TrainDataset(torch.utils.data.Dataset):
                             "a training file holds one task (split it into one file per task)")
         return next(iter(tasks))
 
+    def _corpus_for(self, rf: RecordFile) -> Corpus | None:
+        """The corpus a file's row indices refer to: the one its ``.meta.json`` sidecar names, else ``corpus``.
+
+        Lets one run train on files of different corpora (SciFact and PubMedQA, say); each is loaded once
+        with the given corpus's key template.
+        """
+        named = sidecar_corpus(rf.path)
+        if named is None:
+            return self.corpus
+        named = named.resolve()
+        if named not in self._corpora:
+            template = self.corpus.key_template if self.corpus is not None else None
+            logger.info("%s: keys come from its sidecar's corpus %s", rf.path, named)
+            self._corpora[named] = load_corpus(named, template)
+        return self._corpora[named]
+
     def _prepare_file(self, rf: RecordFile) -> tuple[_TrainFile, dict]:
         task = self._file_task(rf)
+        corpus = self._corpus_for(rf)
         recipe = resolve_recipe(task, self.args)
         group_size = recipe.train_group_size
         scored = [r.get("teacher_scores") is not None for r in rf.records]
@@ -251,7 +271,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 if recipe.teacher_scores_margin is not None and best - worst < recipe.teacher_scores_margin:
                     report["below_teacher_scores_margin"] += 1
                     continue
-            row = self._prepare_row(rf, i, record, task, recipe, errors)
+            row = self._prepare_row(rf, i, record, task, recipe, errors, corpus)
             if row is not None:
                 rows.append(row)
         raise_if_errors(errors)
@@ -269,12 +289,12 @@ class TrainDataset(torch.utils.data.Dataset):
             "%s (task %s): %d of %d records kept (%d below teacher_scores_min, %d below teacher_scores_margin, "
             "%d over max_sample_num)", rf.path, task, len(rows), len(rf), report["below_teacher_scores_min"],
             report["below_teacher_scores_margin"], report["over_max_sample_num"])
-        if any(not r.negatives for r in rows) and group_size > 1 and self.corpus is not None:
+        if any(not r.negatives for r in rows) and group_size > 1 and corpus is not None:
             logger.info("%s: records without negatives get random corpus rows as negatives", rf.path)
-        return _TrainFile(rf.path, task, recipe, rows, has_scores), report
+        return _TrainFile(rf.path, task, recipe, rows, has_scores, corpus), report
 
     def _prepare_row(self, rf: RecordFile, i: int, record: dict, task: str, recipe: ResolvedRecipe,
-                     errors: list[str]) -> _Row | None:
+                     errors: list[str], corpus: Corpus | None) -> _Row | None:
         where = rf.where(i)
         if task == "chat" and not record.get("history"):
             errors.append(f"{where}: history: chat records need a non-empty history (the past sessions to retrieve from)")
@@ -283,11 +303,11 @@ class TrainDataset(torch.utils.data.Dataset):
         scores = record.get("teacher_scores")
         for ref in pos + neg:
             if isinstance(ref, int):
-                if self.corpus is None:
+                if corpus is None:
                     errors.append(f"{where}: pos_index/neg_index: keys given as corpus rows but no --corpus")
                     return None
-                if ref >= len(self.corpus):
-                    errors.append(f"{where}: pos_index/neg_index: row {ref} is beyond the corpus ({len(self.corpus)} rows)")
+                if ref >= len(corpus):
+                    errors.append(f"{where}: pos_index/neg_index: row {ref} is beyond the corpus ({len(corpus)} rows)")
                     return None
         pos_scores = list(scores[: len(pos)]) if scores is not None else None
         neg_scores = list(scores[len(pos):]) if scores is not None else None
@@ -311,11 +331,11 @@ class TrainDataset(torch.utils.data.Dataset):
             if scores is not None:
                 errors.append(f"{where}: neg: no negatives left to pair with teacher_scores (give more keys, or --train_group_size 1)")
                 return None
-            if self.corpus is None:
+            if corpus is None:
                 errors.append(f"{where}: neg: no negatives and no --corpus to draw random ones from "
                               "(mine some with eval_retrieval --metrics collate_neg, or --train_group_size 1)")
                 return None
-            if len(self.corpus) <= len([p for p in positives if isinstance(p, int)]):
+            if len(corpus) <= len([p for p in positives if isinstance(p, int)]):
                 errors.append(f"{where}: neg: no negatives and the corpus has no row besides the positives")
                 return None
         query_id = record.get("query_id", rf.lines[i] if rf.lines else i + 1)
@@ -346,8 +366,9 @@ class TrainDataset(torch.utils.data.Dataset):
         f = bisect.bisect_right(self._offsets, index) - 1
         return f, index - self._offsets[f]
 
-    def _text(self, ref) -> str:
-        return self.corpus.texts[ref] if isinstance(ref, int) else ref
+    @staticmethod
+    def _text(ref, corpus: Corpus | None) -> str:
+        return corpus.texts[ref] if isinstance(ref, int) else ref
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         epoch, index = (0, item) if isinstance(item, (int, np.integer)) else item
@@ -374,13 +395,13 @@ class TrainDataset(torch.utils.data.Dataset):
                     negatives = [negatives[j] for j in ranked]
                     neg_scores = [neg_scores[j] for j in ranked]
             else:
-                negatives, neg_scores = self._random_corpus_negatives(row, n_neg, rng), None
+                negatives, neg_scores = self._random_corpus_negatives(row, n_neg, rng, tf.corpus), None
             keys += negatives
             if scores is not None:
                 scores += neg_scores
         return {
             "query": row.query,
-            "keys": [self._text(k) for k in keys],
+            "keys": [self._text(k, tf.corpus) for k in keys],
             "teacher_scores": [float(s) for s in scores] if scores is not None else None,
             "task": tf.task,
             "dataset": f,
@@ -401,10 +422,11 @@ class TrainDataset(torch.utils.data.Dataset):
             return rng.choice(n, size=n_neg, replace=False).tolist()
         return np.resize(rng.permutation(n), n_neg).tolist()
 
-    def _random_corpus_negatives(self, row: _Row, n_neg: int, rng: np.random.Generator) -> list[int]:
+    @staticmethod
+    def _random_corpus_negatives(row: _Row, n_neg: int, rng: np.random.Generator, corpus: Corpus) -> list[int]:
         """``n_neg`` distinct random corpus rows that are not among the row's positives (repeats if the corpus is tiny)."""
         excluded = {p for p in row.positives if isinstance(p, int)}
-        size = len(self.corpus)
+        size = len(corpus)
         available = size - len(excluded)
         want = min(n_neg + len(excluded), size)
         drawn = [int(j) for j in rng.choice(size, size=want, replace=False) if int(j) not in excluded][:n_neg]

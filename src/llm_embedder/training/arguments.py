@@ -17,12 +17,14 @@ class ModelArguments:
     """Which encoder to train and how it embeds text."""
 
     model_name_or_path: str = field(default="minilm", metadata={"help": "Local HF/sentence-transformers directory or alias (minilm)."})
-    pooling_method: str = field(default="mean", metadata={"help": "cls | mean | last (eos), left/right padding aware."})
-    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (cosine similarity)."})
-    query_max_length: int = field(default=64, metadata={"help": "Max query tokens, instruction included."})
-    key_max_length: int = field(default=256, metadata={"help": "Max key (passage) tokens, instruction included."})
-    tie_encoders: bool = field(default=True, metadata={"help": "One encoder for queries and keys (False: a separate key encoder)."})
-    add_pooler: bool = field(default=False, metadata={"help": "Add a trainable linear projection on top of pooling."})
+    # None = keep what the model directory says (a saved llm-embedder / sentence-transformers model), else
+    # the encoder defaults: mean pooling, normalised, 256/256 tokens, tied, no projection.
+    pooling_method: Optional[str] = field(default=None, metadata={"help": "cls | mean | last (eos), left/right padding aware (default: the model's, else mean)."})
+    normalize: Optional[bool] = field(default=None, metadata={"help": "L2-normalise embeddings (default: the model's, else True)."})
+    query_max_length: Optional[int] = field(default=None, metadata={"help": "Max query tokens, instruction included (default: the model's, else 256)."})
+    key_max_length: Optional[int] = field(default=None, metadata={"help": "Max key tokens, instruction included (default: the model's, else 256)."})
+    tie_encoders: Optional[bool] = field(default=None, metadata={"help": "One encoder for queries and keys; False: a separate key encoder."})
+    add_pooler: Optional[bool] = field(default=None, metadata={"help": "Add a trainable linear projection on top of pooling."})
     projection_out_dim: Optional[int] = field(default=None, metadata={"help": "Output size of the --add_pooler projection (default: hidden size)."})
     cos_temperature: float = field(default=0.01, metadata={"help": "τ in s(q,k) = <q,k>/τ."})
     add_instruction: bool = field(default=False, metadata={"help": "Prepend each task's LLM-Embedder query/key instructions."})
@@ -30,7 +32,7 @@ class ModelArguments:
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names LoRA adapts (default: attention query/key/value)."})
+    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names LoRA adapts (default: peft's choice for the architecture, query/value for BERT)."})
 
 
 @dataclass
@@ -39,17 +41,17 @@ class DataArguments:
 
     train_data: Optional[list[str]] = field(default=None, metadata={"help": "Schema files or directories (repeat a file to upsample it); `llm-embedder:` prefix allowed."})
     eval_data: Optional[str] = field(default=None, metadata={"help": "Schema file with positives (pos_index or pos) for retrieval evaluation."})
-    corpus: Optional[str] = field(default=None, metadata={"help": "Corpus JSONL; row number = key index for pos_index/neg_index and evaluation."})
+    corpus: Optional[str] = field(default=None, metadata={"help": "Corpus JSONL (row number = key index) for files whose .meta.json sidecar names none."})
     key_template: Optional[str] = field(default=None, metadata={"help": "Key text from a corpus row, e.g. '{title} {text}' (default: title + text)."})
     default_task: str = field(default="qa", metadata={"help": "Task of records without a `task` field."})
     train_group_size: int = field(default=8, metadata={"help": "Keys per query: 1 positive + (G-1) negatives."})
     select_positive: str = field(default="first", metadata={"help": "first | random | teacher (highest teacher score)."})
     select_negative: str = field(default="random", metadata={"help": "random | top (highest teacher score / first listed)."})
-    teacher_scores_margin: Optional[float] = field(default=None, metadata={"help": "Drop rows whose positive beats the best negative by less than this."})
-    teacher_scores_min: Optional[float] = field(default=None, metadata={"help": "Drop rows whose positive teacher score is below this."})
+    teacher_scores_margin: Optional[float] = field(default=None, metadata={"help": "Drop rows whose best minus worst teacher score is below this (as the reference)."})
+    teacher_scores_min: Optional[float] = field(default=None, metadata={"help": "Drop rows whose best teacher score is below this."})
     inbatch_same_dataset: str = field(default="epoch", metadata={"help": "Task-homogeneous batches: epoch (every example once) | random (files by size or --dataset_weights)."})
     dataset_weights: Optional[list[float]] = field(default=None, metadata={"help": "Sampling weight per --train_data file in random mode."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N records of each training file."})
+    max_sample_num: Optional[int] = field(default=None, metadata={"help": "Use at most N records of each training file (a recipe may set its own)."})
     metrics: list[str] = field(default_factory=lambda: ["mrr", "recall", "ndcg"], metadata={"help": "mrr recall ndcg map (nq needs answers)."})
     cutoffs: list[int] = field(default_factory=lambda: [1, 10, 100], metadata={"help": "Metric cutoffs."})
     hits: int = field(default=100, metadata={"help": "Keys retrieved per query during evaluation."})

@@ -13,32 +13,30 @@ import torch
 from torch import nn
 
 from ..modeling.losses import LossParams, compute_loss
-from ..tasks import get_task
 
-# LossParams fields a task recipe may override (recipe field name == LossParams field name)
+# LossParams fields decided per task by its resolved recipe (same names in both)
 RECIPE_LOSS_FIELDS = ("contrastive_weight", "distill_weight", "stable_distill", "teacher_temperature",
-                      "student_temperature")
+                      "student_temperature", "inbatch_negatives")
+
+
+def task_loss_params(default: LossParams, recipes) -> dict[str, LossParams]:
+    """``{task: LossParams}``: the command-line options with each resolved recipe's loss fields."""
+    return {r.name: dataclasses.replace(default, **{f: getattr(r, f) for f in RECIPE_LOSS_FIELDS}) for r in recipes}
 
 
 class EmbedderModel(nn.Module):
     """``forward(query_inputs, key_inputs, teacher_scores, task, group_size) -> {"loss", "contrastive", "distill"}``."""
 
-    def __init__(self, encoder, default_params: LossParams):
+    def __init__(self, encoder, default_params: LossParams, task_params: dict[str, LossParams] | None = None):
         super().__init__()
         self.encoder = encoder
         self.default_params = default_params
+        self.task_params = dict(task_params or {})
         self.config = getattr(encoder, "config", None)  # some Trainer code paths read model.config
-        self._params_cache: dict[str, LossParams] = {}
 
     def loss_params(self, task: str) -> LossParams:
-        """The command-line loss options overridden by the task recipe's non-empty fields."""
-        if task not in self._params_cache:
-            recipe = get_task(task)
-            overrides = {name: getattr(recipe, name) for name in RECIPE_LOSS_FIELDS if getattr(recipe, name) is not None}
-            if recipe.inbatch_negatives is not None:
-                overrides["inbatch_negatives"] = recipe.inbatch_negatives
-            self._params_cache[task] = dataclasses.replace(self.default_params, **overrides)
-        return self._params_cache[task]
+        """The batch task's loss options (its resolved recipe), or the command-line ones for unknown tasks."""
+        return self.task_params.get(task, self.default_params)
 
     def forward(self, query_inputs, key_inputs, teacher_scores=None, task: str = "qa", group_size: int | None = None, **_):
         q = self.encoder.embed(query_inputs, side="query")

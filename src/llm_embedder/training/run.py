@@ -43,29 +43,16 @@ def check_choices(*arg_objects) -> None:
                 raise UserError(f"--{name}: '{value}' is not one of {', '.join(allowed)}")
 
 
-def expand_train_files(paths: list[str]) -> list[Path]:
-    """Resolve ``llm-embedder:`` prefixes and directories (their ``*.json`` files, sorted); repeats are kept."""
-    from ..resources import resolve_data_path
-
-    files = []
-    for raw in paths:
-        path = resolve_data_path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.glob("*.json") if not p.name.endswith(".meta.json"))
-            if not found:
-                raise UserError(f"--train_data: directory {path} has no *.json files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"--train_data: {raw}: no such file or directory")
-    return files
-
-
 def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: RetrievalTrainingArguments):
-    """Read and validate the corpus, training and evaluation files; returns (corpus, train files, eval file)."""
+    """Read and validate the corpus, training and evaluation files (before any model is loaded).
+
+    A records file whose ``.meta.json`` sidecar names a corpus (the converter writes one) uses that
+    corpus; ``--corpus`` serves the files without one. Returns (corpus, train dataset or None, eval
+    records or None, eval corpus or None).
+    """
     from ..corpus import load_corpus
-    from ..schema import read_records
+    from ..data.dataset import TrainDataArgs, TrainDataset
+    from ..schema import read_records, sidecar_corpus
     from ..tasks import known_tasks, load_task_config
 
     check_choices(data_args, training_args)
@@ -73,27 +60,27 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
         load_task_config(model_args.task_config)
     if data_args.default_task not in known_tasks():
         raise UserError(f"--default_task: unknown task '{data_args.default_task}' (known: {', '.join(known_tasks())})")
-    if not data_args.train_data and not training_args.do_eval and not data_args.eval_data:
+    if not data_args.train_data and not data_args.eval_data:
         raise UserError("--train_data: give at least one training file (or --eval_data to only evaluate)")
     corpus = load_corpus(data_args.corpus, data_args.key_template) if data_args.corpus else None
-    size = len(corpus) if corpus is not None else None
-    train_files = []
-    for path in expand_train_files(data_args.train_data or []):
-        rf = read_records(path, purpose="train", corpus_size=size, known_tasks=known_tasks())
-        if corpus is None and any(r.get("pos_index") or r.get("neg_index") for r in rf.records) \
-                and not all(r.get("pos") is not None or not r.get("pos_index") for r in rf.records):
-            raise UserError(f"--corpus: {path} refers to corpus rows (pos_index/neg_index) without texts; pass --corpus")
-        if data_args.max_train_samples:
-            rf.records, rf.lines = rf.records[: data_args.max_train_samples], rf.lines[: data_args.max_train_samples]
-        train_files.append(rf)
-    eval_file = None
+    train_dataset = None
+    if data_args.train_data:
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        train_dataset = TrainDataset(data_args.train_data, corpus=corpus,
+                                     args=TrainDataArgs.from_args(data_args, training_args), seed=seed)
+    eval_file = eval_corpus = None
     if data_args.eval_data:
-        eval_file = read_records(data_args.eval_data, purpose="eval", corpus_size=size, known_tasks=known_tasks())
-        if corpus is None and not data_args.eval_on_groups:
+        named = sidecar_corpus(data_args.eval_data)
+        same = named is None or (corpus is not None and corpus.path is not None and named.resolve() == corpus.path.resolve())
+        eval_corpus = corpus if same else load_corpus(named, data_args.key_template)
+        if eval_corpus is None and not data_args.eval_on_groups:
             raise UserError("--corpus: retrieval evaluation of --eval_data needs a corpus (or use --eval_on_groups)")
+        eval_file = read_records(data_args.eval_data, purpose="eval", known_tasks=known_tasks(),
+                                 corpus_size=len(eval_corpus) if eval_corpus is not None else None)
         if data_args.max_eval_queries:
-            eval_file.records, eval_file.lines = eval_file.records[: data_args.max_eval_queries], eval_file.lines[: data_args.max_eval_queries]
-    return corpus, train_files, eval_file
+            eval_file.records = eval_file.records[: data_args.max_eval_queries]
+            eval_file.lines = eval_file.lines[: data_args.max_eval_queries]
+    return corpus, train_dataset, eval_file, eval_corpus
 
 
 def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tuple[str, str]]:
@@ -124,12 +111,11 @@ def run_info(model_args, data_args, training_args) -> dict:
 def build_trainer(model_args, data_args, training_args):
     """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
     from ..data.collator import EmbedderCollator
-    from ..data.dataset import TrainDataset
     from ..modeling.encoder import DenseEncoder
     from .evaluation import RetrievalEvaluator
     from .trainer import EmbedderTrainer
 
-    corpus, train_files, eval_file = load_inputs(model_args, data_args, training_args)
+    _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
     encoder = DenseEncoder.from_pretrained(
         model_args.model_name_or_path, pooling_method=model_args.pooling_method, normalize=model_args.normalize,
         query_max_length=model_args.query_max_length, key_max_length=model_args.key_max_length,
@@ -138,21 +124,18 @@ def build_trainer(model_args, data_args, training_args):
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
         lora_target_modules=model_args.lora_target_modules,
     )
-    train_dataset = None
-    tasks = {data_args.default_task}
-    if train_files:
-        train_dataset = TrainDataset(train_files, corpus=corpus, args=data_args)
-        tasks |= set(train_dataset.tasks)
+    tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
-            eval_file, corpus, data_args.metrics, data_args.cutoffs, task=eval_file.records[0].get("task", data_args.default_task),
+            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_file.records[0].get("task", data_args.default_task),
             add_instruction=model_args.add_instruction, hits=data_args.hits,
             batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
             on_groups=data_args.eval_on_groups, seed=training_args.seed)
     trainer = EmbedderTrainer(
         model=encoder, args=training_args, train_dataset=train_dataset,
-        data_collator=EmbedderCollator(encoder, add_instruction=model_args.add_instruction, default_task=data_args.default_task),
+        data_collator=EmbedderCollator(encoder, add_instruction=model_args.add_instruction, tasks=sorted(tasks),
+                                       default_task=data_args.default_task),
         evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
         instructions=task_instructions(sorted(tasks), model_args.add_instruction),
         cos_temperature=model_args.cos_temperature, run_info=run_info(model_args, data_args, training_args),

@@ -23,7 +23,7 @@ from transformers import Trainer
 
 from ..modeling.losses import LossParams
 from ..schema import write_json
-from .model import EmbedderModel
+from .model import EmbedderModel, task_loss_params
 
 TRAINING_STATE = "llm_embedder_training_state.safetensors"
 
@@ -58,7 +58,9 @@ class EmbedderTrainer(Trainer):
     def __init__(self, model=None, args=None, *, evaluator=None, sampler_mode: str = "epoch",
                  dataset_weights=None, instructions=None, cos_temperature: float = 0.01, run_info=None, **kwargs):
         if model is not None and not isinstance(model, EmbedderModel):
-            model = EmbedderModel(model, loss_params_from_args(args, cos_temperature))
+            default = loss_params_from_args(args, cos_temperature)
+            recipes = getattr(kwargs.get("train_dataset"), "recipes", None) or []
+            model = EmbedderModel(model, default, task_loss_params(default, recipes))
         super().__init__(model=model, args=args, **kwargs)
         self.evaluator = evaluator
         self.sampler_mode = sampler_mode
@@ -99,8 +101,10 @@ class EmbedderTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         task = inputs.get("task", "qa")
-        for name in ("loss", "contrastive", "distill"):
-            value = outputs.get(name)
+        # unscaled_loss: the loss value itself (the backward "loss" is multiplied by the world size for
+        # cross-device terms so that DDP's gradient averaging gives the single-process gradient)
+        for name, key in (("loss", "unscaled_loss"), ("contrastive", "contrastive"), ("distill", "distill")):
+            value = outputs.get(key, outputs.get(name))
             if value is not None:
                 self._task_loss_sums[task][name] += float(value.detach())
         self._task_steps[task] += 1

@@ -1,0 +1,114 @@
+"""run_dense.py end to end on a tiny model: training, saving, per-task logging, resume, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_embedder.training.run import main as run_dense
+
+TOY = "llm-embedder:llm_embedder_toy"
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_nodrop(tmp_path_factory, minilm_dir):
+    """A tiny BERT without dropout, so two runs over the same batches give the same weights."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert_nodrop")
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def base_args(model_dir, out, *extra):
+    return ["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--per_device_train_batch_size", "4",
+            "--train_group_size", "3", "--logging_steps", "1", "--query_max_length", "32", "--key_max_length", "32",
+            "--learning_rate", "1e-3", "--seed", "7", "--use_cpu", "--disable_tqdm", "True", *extra]
+
+
+def weights(model_dir):
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_multitask_training_saves_a_sentence_transformers_model(tiny_bert_nodrop, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from llm_embedder.modeling.encoder import DenseEncoder
+
+    out = tmp_path / "run"
+    run_dense(base_args(tiny_bert_nodrop, out, "--train_data", f"{TOY}/qa.json", f"{TOY}/chat.json",
+                        "--max_steps", "4", "--add_instruction"))
+    info = json.loads((out / "run_args.json").read_text())
+    assert info["versions"]["torch"] == torch.__version__
+    state = json.loads((out / "trainer_state.json").read_text()) if (out / "trainer_state.json").exists() else None
+    texts = ["what is the capital of France?", "Paris is the capital of France."]
+    ours = DenseEncoder.from_pretrained(out).encode(texts, side="query", instruction="Represent this query for retrieving relevant documents: ", show_progress=False)
+    st = SentenceTransformer(str(out), device="cpu").encode(texts, prompt_name="qa_query")
+    np.testing.assert_allclose(ours, st, atol=1e-5)
+    assert AutoModel.from_pretrained(out) is not None
+    assert not np.allclose(weights(out)["embeddings.word_embeddings.weight"].numpy(),
+                           weights(tiny_bert_nodrop)["embeddings.word_embeddings.weight"].numpy()), "training changed nothing"
+    del state
+
+
+def test_each_task_logs_its_own_losses(tiny_bert_nodrop, tmp_path):
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    out = tmp_path / "run"
+    trainer = build_trainer(*parse_args(base_args(tiny_bert_nodrop, out, "--train_data", f"{TOY}/qa.json",
+                                                  f"{TOY}/chat.json", "--max_steps", "4")))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    tasks = {key.split("_", 1)[1] for entry in logged for key in entry if key.startswith("loss_")}
+    assert tasks == {"qa", "chat"}
+    chat = [entry for entry in logged if "loss_chat" in entry]
+    # chat's recipe is KL distillation only: no contrastive term
+    assert all(entry["contrastive_chat"] == 0.0 and entry["distill_chat"] > 0 for entry in chat)
+
+
+def test_resume_from_checkpoint_continues_the_same_run(tiny_bert_nodrop, tmp_path):
+    common = ["--train_data", f"{TOY}/qa.json", f"{TOY}/tool.json", "--max_steps", "4", "--save_strategy", "steps",
+              "--save_steps", "2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_dense(base_args(tiny_bert_nodrop, straight, *common))
+    # the interrupted run: same arguments, stopped after its step-2 checkpoint
+    run_dense(base_args(tiny_bert_nodrop, resumed, *common[:-4], "--max_steps", "2", "--save_strategy", "steps",
+                        "--save_steps", "2"))
+    # a max_steps-2 run has a different LR schedule; resume from the straight run's own checkpoint instead
+    run_dense(base_args(tiny_bert_nodrop, resumed, *common, "--resume_from_checkpoint", str(straight / "checkpoint-2")))
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    losses = lambda d: [e["loss"] for e in json.loads((d / "checkpoint-4" / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert losses(straight)[2:] == pytest.approx(losses(resumed)[2:], abs=1e-6)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"query": "q", "pos": ["a"], "neg": ["b"], "teacher_scores": [1.0]}, "teacher_scores: 1 scores for 2 keys"),
+    ({"query": "q", "pos": ["a"], "neg": ["b"], "teacher_scores": [1.0, float("nan")]}, "NaN"),
+    ({"query": "q", "task": "chat", "answers": ["x"]}, "history"),
+    ({"query": "q", "pos": ["a"], "task": "no_such_task"}, "unknown task 'no_such_task'"),
+])
+def test_bad_training_input_is_one_line_before_training(tmp_path, record, message):
+    bad = tmp_path / "bad.json"
+    good = {"query": "fine", "pos": ["a"], "neg": ["b"]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    proc = subprocess.run([sys.executable, "run_dense.py", "--train_data", str(bad), "--output_dir", str(tmp_path / "o"),
+                           "--model_name_or_path", str(tmp_path / "model_is_never_loaded")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:") or f"{bad}:" in l]
+    assert lines and f"{bad}:2:" in lines[0] and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
