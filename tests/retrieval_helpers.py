@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 class BagOfWordsEncoder:
@@ -63,3 +64,15 @@ def scifact_records(data_dir: Path, split: str, limit: int | None = None) -> lis
                 pos.setdefault(qid, []).append(rows[docid])
     records = [{"query": queries[q], "query_id": q, "pos_index": p} for q, p in pos.items()]
     return records[:limit] if limit else records
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on the shared 2-core machine run faster on one intra-op thread (two spin against each
+    other under load); imported by the retrieval test modules that run a tiny BERT."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

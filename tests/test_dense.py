@@ -90,7 +90,7 @@ def test_bad_arguments():
 
 # ---- cached, resumable, sharded encoding (retrieval.encode) ----
 
-from retrieval_helpers import BagOfWordsEncoder  # noqa: E402
+from retrieval_helpers import BagOfWordsEncoder, one_torch_thread  # noqa: E402,F401  (autouse fixture)
 
 from llm_embedder.retrieval.encode import encode_texts, shard_rows  # noqa: E402
 

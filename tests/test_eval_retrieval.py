@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from retrieval_helpers import BagOfWordsEncoder
+from retrieval_helpers import BagOfWordsEncoder, one_torch_thread  # noqa: F401  (autouse fixture)
 
 from llm_embedder.corpus import Corpus
 from llm_embedder.errors import UserError
