@@ -92,6 +92,7 @@ def test_target_tokens_are_exactly_the_answer_tokens(tmp_path, tok):
     assert (pair.row, pair.key, pair.answer) == (0, 0, 0)
     assert pair.prompt_ids == ids(tok, f"Knowledge: {first['pos'][0]}\nQuestion: {first['query']}\nAnswer:")
     assert pair.target_ids == ids(tok, " Paris")
+    assert tok.bos_token_id not in pair.prompt_ids + pair.target_ids  # no <|im_start|> prepended anywhere
     assert plan.pairs[1].target_ids == ids(tok, " The capital is Paris.")
     batch = collate([(p.prompt_ids, p.target_ids) for p in plan.pairs], pad_id=0)
     assert batch.sizes == [len(ids(tok, " " + QA_ROWS[p.row]["answers"][p.answer])) for p in plan.pairs]
