@@ -169,3 +169,41 @@ def test_aggregate_policies_by_hand():
     values = [-1.0, -2.0, -6.0, -0.5, -0.25, -3.0]
     assert lm_run.aggregate(plan, values, "mean") == [[-3.0, pytest.approx(-3.75 / 3)]]
     assert lm_run.aggregate(plan, values, "max") == [[-1.0, -0.25]]
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_sigkill(tmp_path, toy_dir, tiny_lm_dir, repo_root):
+    """A scoring process is SIGKILLed once it has saved some pairs; the rerun resumes and equals a clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "qa.json"
+    data.write_bytes((toy_dir / "qa.json").read_bytes())
+    common = ["--eval_data", data, "--model_name_or_path", tiny_lm_dir, "--max_queries", "4", "--max_length", "256",
+              "--token_budget", "512", "--save_every", "8", "--save_name", "tiny"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(repo_root / "run_lm_score.py"), *map(str, common)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "qa.scored.tiny.json.partial"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if sum(len(p.read_bytes().splitlines()) for p in partial.glob("scores.*.jsonl")) >= 24:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not (tmp_path / "qa.scored.tiny.json").exists()
+    saved = sum(len(p.read_bytes().splitlines()) for p in partial.glob("scores.*.jsonl"))
+    assert 24 <= saved < 404
+
+    score(common)
+    score(common[:-1] + ["clean"])
+    assert (tmp_path / "qa.scored.tiny.json").read_text() == (tmp_path / "qa.scored.clean.json").read_text()
+    meta = json.loads((tmp_path / "qa.scored.tiny.meta.json").read_text())
+    assert meta["counts"]["pairs_resumed_from_partial"] >= 24
