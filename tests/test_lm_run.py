@@ -152,10 +152,11 @@ def test_cli_prints_one_line_and_exits_2_before_loading_the_model(tmp_path, tiny
     (["--save_every", "-1"], "--save_every: must be 0"),
     (["--key_template", "{title}"], "--key_template: formats corpus rows, but there is no --corpus"),
     (["--model_name_or_path", "no/such/dir"], "--model_name_or_path: 'no/such/dir' is neither"),
+    (["--max_length", "4096", "--token_budget", "4096"], "--max_length: 4096 exceeds the LM's 2048 positions"),
 ])
-def test_bad_arguments_name_the_argument(tmp_path, qa_file, argv, message):
+def test_bad_arguments_name_the_argument(tmp_path, qa_file, tiny_lm_dir, argv, message):
     with pytest.raises(UserError) as err:
-        score(["--eval_data", qa_file, "--save_name", "x", *argv])
+        score(["--eval_data", qa_file, "--save_name", "x", "--model_name_or_path", tiny_lm_dir, *argv])
     assert message in str(err.value)
 
 

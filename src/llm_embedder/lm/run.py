@@ -12,6 +12,7 @@ stopped; the output appears only when complete.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -73,6 +74,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--save_name: '{args.save_name}' must be a non-empty name without '/'")
 
 
+def check_max_length(folder: Path, max_length: int) -> None:
+    """--max_length may not exceed the positions the LM was built for (read from its config.json)."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and max_length > positions:
+        raise UserError(f"--max_length: {max_length} exceeds the LM's {positions} positions ({folder / 'config.json'})")
+
+
 def aggregate(plan: ScoringPlan, pair_scores: list[float], policy: str) -> list[list[float]]:
     """Per row, per key: the answer policy applied to the key's per-answer scores."""
     combine = {"mean": lambda xs: sum(xs) / len(xs), "max": max}[policy]
@@ -124,6 +133,7 @@ def run(args: argparse.Namespace) -> Path | None:
     try:
         with dist_utils.rank_zero_first(rank, world):  # rank 0 converts a GGUF alias; the others then find it cached
             folder, alias, source = local_lm_dir(args.model_name_or_path)
+        check_max_length(folder, args.max_length)
         tokenizer = load_tokenizer(folder)
         plan = build_plan(rf, tokenizer, template=args.template, corpus=corpus, max_length=args.max_length,
                           key_max_length=args.key_max_length, max_queries=args.max_queries, max_keys=args.max_keys)
