@@ -1,7 +1,6 @@
-"""Test helpers for retrieval: a deterministic bag-of-words encoder and SciFact records built from qrels."""
+"""Test helpers for retrieval: a deterministic bag-of-words encoder, SciFact records, one torch thread."""
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from pathlib import Path
@@ -45,24 +44,10 @@ class BagOfWordsEncoder:
 
 
 def scifact_records(data_dir: Path, split: str, limit: int | None = None) -> list[dict]:
-    """SciFact ``split`` as schema records: query, query_id, pos_index (corpus rows), in qrels order."""
-    rows = {}
-    with open(data_dir / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            rows[json.loads(line)["_id"]] = i
-    queries = {}
-    with open(data_dir / "scifact" / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            q = json.loads(line)
-            queries[q["_id"]] = q["text"]
-    pos: dict[str, list[int]] = {}
-    with open(data_dir / "scifact" / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            qid, docid, score = line.split("\t")
-            if int(score) > 0:
-                pos.setdefault(qid, []).append(rows[docid])
-    records = [{"query": queries[q], "query_id": q, "pos_index": p} for q, p in pos.items()]
+    """The shipped SciFact ``split`` records (query, query_id, pos_index into scifact/corpus.jsonl)."""
+    from llm_embedder.schema import read_records
+
+    records = read_records(data_dir / "scifact" / f"{split}.json", purpose="eval").records
     return records[:limit] if limit else records
 
 

@@ -38,7 +38,7 @@ from .encode import texts_digest
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("pyserini", "bm25s", "rank_bm25")
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: Lucene index without positions and doc vectors
 
 
 def start_jvm() -> None:
@@ -186,8 +186,8 @@ class BM25Retriever:
                 f.write(json.dumps({"id": str(row), "contents": text}, ensure_ascii=False) + "\n")
         logger.info("indexing %d documents with Lucene into %s", len(corpus), out)
         args = ["-collection", "JsonCollection", "-input", str(docs), "-index", str(out / "lucene"),
-                "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(self.threads), "-storePositions",
-                "-storeDocvectors", "-quiet"]
+                "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(self.threads), "-quiet"]
+        # no -storePositions/-storeDocvectors/-storeRaw: bag-of-words BM25 needs only the postings
         autoclass("io.anserini.index.IndexCollection").main(args)
         shutil.rmtree(docs)
         if not (out / "lucene").is_dir():
