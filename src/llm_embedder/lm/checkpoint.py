@@ -26,6 +26,11 @@ def partial_dir(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+def remove_partial(output: Path) -> None:
+    """Delete the partial-scores folder of ``output`` (once the complete output is written)."""
+    shutil.rmtree(partial_dir(Path(output)), ignore_errors=True)
+
+
 class PartialScores:
     """One rank's view of the partial-scores folder of ``output`` for the work identified by ``fingerprint``."""
 
@@ -95,6 +100,3 @@ class PartialScores:
             out.flush()
             os.fsync(out.fileno())
         self._pending.clear()
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -24,7 +24,7 @@ from ..corpus import load_corpus
 from ..errors import UserError, cli_guard
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
-from .checkpoint import PartialScores
+from .checkpoint import PartialScores, remove_partial
 from .loading import load_model, load_tokenizer, local_lm_dir
 from .pairs import AUTO, ScoringPlan, build_plan
 from .scorer import LMScorer, pack_batches
@@ -91,14 +91,14 @@ def aggregate(plan: ScoringPlan, pair_scores: list[float], policy: str) -> list[
     return [[combine(answers) for answers in row] for row in per_key]
 
 
-def build_meta(args, plan: ScoringPlan, lm_info: dict, output: Path, corpus, seconds: float, world_size: int,
-               resumed: int) -> dict:
+def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Path, corpus, seconds: float,
+               world_size: int, resumed: int) -> dict:
     templates = {}
     for rp, row in zip(plan.row_plans, plan.rows):
         templates.setdefault(row.get("task") or "(no task)", rp.template.to_dict())
     truncated = sorted({name for rp in plan.row_plans for name in rp.truncated_fields})
     return {
-        "output": str(output), "eval_data": str(args.eval_data),
+        "output": str(output), "eval_data": str(source),
         "corpus": str(corpus.path.resolve()) if corpus is not None else None, "key_template": args.key_template,
         "lm": lm_info, "template_argument": args.template, "templates": templates,
         "normalisation": NORMALISATION, "answer_policy": args.answer_policy,
@@ -117,6 +117,44 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_info: dict, rank: int,
+                    world: int) -> tuple[list[float] | None, int]:
+    """Score this rank's share of the batches not yet in the partial folder; rank 0 gets every pair's score
+    (``None`` on the other ranks) and the number of pairs taken from the partial folder."""
+    from tqdm.auto import tqdm
+
+    sequences = [(p.prompt_ids, p.target_ids) for p in plan.pairs]
+    batches = pack_batches([len(p) + len(t) for p, t in sequences], args.token_budget)
+    partial = PartialScores(output, plan.fingerprint({"lm": lm_info, "token_budget": args.token_budget}), rank)
+    done = partial.load(len(sequences))
+    if rank == 0 and args.save_every:
+        partial.start()
+    dist_utils.barrier(world)  # everyone has read the partial folder before anyone appends to it
+    todo = [b for b in batches if not all(i in done for i in b)]
+    mine = todo[rank::world]  # longest first, dealt round-robin: the ranks get similar work
+
+    def checkpoint(indices, values):
+        if args.save_every:
+            partial.add(indices, values)
+            if partial.pending >= args.save_every:
+                partial.flush()
+
+    with tqdm(total=sum(len(b) for b in mine), unit="pair", disable=rank != 0,
+              desc="LM scoring" + (f" (rank 0 of {world})" if world > 1 else "")) as bar:
+        scores = scorer.score(sequences, args.token_budget, batches=mine, on_batch=checkpoint, progress=bar)
+    partial.flush()
+    merged = dist_utils.merge_scores(scores, world)
+    if rank != 0:
+        return None, 0
+    resumed = 0
+    for i, value in done.items():
+        if merged[i] is None:
+            merged[i], resumed = value, resumed + 1
+    if any(v is None for v in merged):
+        raise RuntimeError(f"{sum(v is None for v in merged)} pairs were left unscored")
+    return merged, resumed
 
 
 def run(args: argparse.Namespace) -> Path | None:
@@ -140,48 +178,17 @@ def run(args: argparse.Namespace) -> Path | None:
         dtype = "bfloat16" if args.bf16 else "float32"
         model = load_model(folder, dtype).to(dist_utils.device_for(rank))
         lm_info = {"path": str(folder), "alias": alias, "source": source, "dtype": dtype, "class": type(model).__name__}
-        sequences = [(p.prompt_ids, p.target_ids) for p in plan.pairs]
-        batches = pack_batches([len(p) + len(t) for p, t in sequences], args.token_budget)
-
-        fingerprint = plan.fingerprint({"lm": lm_info, "token_budget": args.token_budget})
-        partial = PartialScores(output, fingerprint, rank)
-        done = partial.load(len(sequences))
-        if rank == 0 and args.save_every:
-            partial.start()
-        dist_utils.barrier(world)  # everyone has read the partial folder before anyone appends to it
-        todo = [b for b in batches if not all(i in done for i in b)]
-        mine = todo[rank::world]
-
-        def checkpoint(indices, values):
-            if args.save_every:
-                partial.add(indices, values)
-                if partial.pending >= args.save_every:
-                    partial.flush()
-
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        scorer = LMScorer(model, pad_id=pad_id)
-        from tqdm.auto import tqdm
-
-        with tqdm(total=sum(len(b) for b in mine), unit="pair", desc=f"LM scoring{f' rank {rank}' if world > 1 else ''}",
-                  disable=rank != 0) as bar:
-            scores = scorer.score(sequences, args.token_budget, batches=mine, on_batch=checkpoint, progress=bar)
-        if args.save_every:
-            partial.flush()
-        merged = dist_utils.merge_scores(scores, world)
+        merged, resumed = score_resumably(plan, LMScorer(model, pad_id=pad_id), args, output, lm_info, rank, world)
         if rank != 0:
             return None
-        for i, v in done.items():
-            merged[i] = v if merged[i] is None else merged[i]
-        if any(v is None for v in merged):
-            raise RuntimeError(f"{sum(v is None for v in merged)} pairs were left unscored")
         per_key = aggregate(plan, merged, args.answer_policy)
         rows = [dict(row, teacher_scores=values) for row, values in zip(plan.rows, per_key)]
         write_records(output, rows)
-        meta = build_meta(args, plan, lm_info, output, corpus, time.perf_counter() - started, world,
-                          resumed=sum(1 for i in done if i < len(sequences)))
+        meta = build_meta(args, plan, lm_info, rf.path, output, corpus, time.perf_counter() - started, world, resumed)
         write_json(meta_path(output), meta)
-        partial.remove()
-        print(f"wrote {output} ({len(rows)} rows, {len(sequences)} pairs) and {meta_path(output).name}")
+        remove_partial(output)
+        print(f"wrote {output} ({len(rows)} rows, {len(plan.pairs)} pairs) and {meta_path(output).name}")
         return output
     finally:
         dist_utils.teardown(world)

@@ -76,12 +76,12 @@ def collate(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: in
                        torch.tensor(labels), sizes)
 
 
-def _uses_plain_head(model) -> bool:
+def _uses_plain_head(model, device: torch.device) -> bool:
     """True when ``model(...).logits`` equals ``lm_head(body(...))``, so the head may be applied selectively."""
     head, body = model.get_output_embeddings(), getattr(model, "base_model", None)
     if head is None or body is None or body is model:
         return False
-    ids = torch.arange(3, 11, dtype=torch.long).unsqueeze(0) % model.config.vocab_size
+    ids = (torch.arange(3, 11, dtype=torch.long, device=device) % model.config.vocab_size).unsqueeze(0)
     with torch.inference_mode():
         full = model(input_ids=ids, use_cache=False).logits.float()
         hidden = body(input_ids=ids, use_cache=False).last_hidden_state
@@ -95,8 +95,8 @@ class LMScorer:
     def __init__(self, model, pad_id: int = 0, selective_head: bool | None = None):
         self.model = model
         self.pad_id = pad_id
-        self.selective_head = _uses_plain_head(model) if selective_head is None else selective_head
         self.device = next(model.parameters()).device
+        self.selective_head = _uses_plain_head(model, self.device) if selective_head is None else selective_head
 
     @torch.inference_mode()
     def target_logprobs(self, batch: BatchInputs) -> torch.Tensor:
