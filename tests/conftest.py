@@ -59,3 +59,20 @@ def tmp_data(tmp_path) -> Path:
     dst = tmp_path / "toy"
     shutil.copytree(DATA / "llm_embedder_toy", dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_nodrop_dir(tmp_path_factory, minilm_dir) -> Path:
+    """Like ``tiny_bert_dir`` but without dropout: two runs over the same batches give the same weights."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert_nodrop")
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -16,18 +16,8 @@ TOY = "llm-embedder:llm_embedder_toy"
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_nodrop(tmp_path_factory, minilm_dir):
-    """A tiny BERT without dropout, so two runs over the same batches give the same weights."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny_bert_nodrop")
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(minilm_dir)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def tiny_bert_nodrop(tiny_bert_nodrop_dir):
+    return tiny_bert_nodrop_dir
 
 
 def base_args(model_dir, out, *extra):

@@ -38,9 +38,11 @@ def main(argv=None) -> int:
     if not path.is_file():
         raise UserError(f"{path}: no metrics.json (did the run have --eval_data?)")
     history = json.loads(path.read_text())["history"]
-    if len(history) < 2:
-        raise UserError(f"{path}: only one evaluation recorded; run with --eval_on_start to get a before/after table")
     first, last = history[0], history[-1]
     print(f"corpus: {last.get('eval_corpus', 'full')}")
+    if len(history) == 1:  # no --eval_on_start: the final evaluation alone
+        rows = before_after(history, args.metrics)
+        print("| metric | value |\n|---|---|\n" + "\n".join(f"| {n.removeprefix('eval_')} | {b:.4f} |" for n, _, b in rows))
+        return 0
     print(format_table(before_after(history, args.metrics), f"step {first['step']}", f"step {last['step']}"))
     return 0

@@ -19,6 +19,7 @@ came from are logged when a training file is loaded, so a flag a recipe override
 from __future__ import annotations
 
 import dataclasses
+import logging
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 SELECT_POSITIVE = ("first", "random", "teacher")
 SELECT_NEGATIVE = ("random", "top")
@@ -204,6 +207,9 @@ def resolve_recipe(task: str, cli=None) -> ResolvedRecipe:
         cli_value = _cli_value(cli, name)
         if getattr(recipe, name) is not None:
             value, source = getattr(recipe, name), "task_config" if overridden.get(name) is not None else "recipe"
+            if cli_value is not None and cli_value != RECIPE_DEFAULTS[name] and cli_value != value:
+                logger.warning("task '%s': --%s %s is overridden by the task's %s (%s); change it for this task "
+                               "in --task_config", task, name, cli_value, source, value)
         elif cli_value is not None:
             value, source = cli_value, "cli"
         else:

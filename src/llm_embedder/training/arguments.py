@@ -6,6 +6,7 @@ LLM-Embedder ones from the task registry), MiniLM as the model.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -85,4 +86,14 @@ class RetrievalTrainingArguments(TrainingArguments):
             from ..errors import UserError
 
             raise UserError("--output_dir: required (where the trained model and metrics.json go)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _cuda_available():
+            # under torchrun without GPUs, accelerate wraps the model in DDP (gloo) only when told it runs on
+            # CPU; otherwise every process would update its own copy with its own half of each batch
+            self.use_cpu = True
         super().__post_init__()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -111,11 +111,23 @@ class EmbedderTrainer(Trainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def log(self, logs, start_time=None):
+        """Add each task's mean loss terms since the last log, averaged over processes.
+
+        ``loss`` is replaced by the mean *unscaled* loss: the value Trainer tracks is the backward loss,
+        which is world-size scaled for cross-device terms (see ``compute_loss`` in modeling.losses).
+        """
         if "loss" in logs and self._task_steps:
-            for task, sums in self._task_loss_sums.items():
-                steps = self._task_steps[task]
-                for name, total in sums.items():
-                    logs[f"{name}_{task}"] = round(total / steps, 4)
+            names = sorted((task, name) for task, sums in self._task_loss_sums.items() for name in sums)
+            totals = torch.tensor([self._task_loss_sums[t][n] for t, n in names], dtype=torch.float64)
+            steps = torch.tensor([float(self._task_steps[t]) for t, _ in names], dtype=torch.float64)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # every rank ran the same tasks (global batches are task-homogeneous), so the keys agree
+                torch.distributed.all_reduce(totals)
+                torch.distributed.all_reduce(steps)
+            for (task, name), total, count in zip(names, totals.tolist(), steps.tolist()):
+                logs[f"{name}_{task}"] = round(total / count, 4)
+            loss_rows = [i for i, (_, name) in enumerate(names) if name == "loss"]
+            logs["loss"] = round(sum(totals[i].item() for i in loss_rows) / sum(steps[i].item() for i in loss_rows), 4)
             self._task_loss_sums.clear()
             self._task_steps.clear()
         super().log(logs, start_time) if start_time is not None else super().log(logs)
