@@ -137,7 +137,7 @@ def test_max_keys_truncates_keys_and_aligned_fields_together(tmp_path, tok):
     assert (out["pos"], out["pos_index"], out["neg"], out["neg_index"], out["neg_score"]) == (
         ["p0", "p1"], [5, 6], ["n0"], [7], [0.1])
     assert row["neg"] == ["n0", "n1", "n2"]  # the input record is not modified
-    assert plan.row_plans[0].truncated_fields == {"pos": 2, "pos_index": 2, "neg": 1, "neg_index": 1, "neg_score": 1}
+    assert plan.row_plans[0].truncated_fields == {"neg": 1, "neg_index": 1, "neg_score": 1}  # pos was kept whole
 
 
 def test_max_queries_keeps_the_first_rows(tmp_path, tok):

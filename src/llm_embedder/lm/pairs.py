@@ -128,7 +128,7 @@ def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = N
                 keep = min(len(texts), budget)
                 budget -= keep
                 for name in KEY_ALIGNED_FIELDS[side]:
-                    if isinstance(row.get(name), list) and len(row[name]) == len(texts):
+                    if keep < len(texts) and isinstance(row.get(name), list) and len(row[name]) == len(texts):
                         row[name] = row[name][:keep]
                         truncated[name] = keep
             keys = keys[:max_keys]
