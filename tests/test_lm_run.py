@@ -68,7 +68,7 @@ def test_query_likelihood_with_corpus_indices_and_max_keys(tmp_path, tiny_lm_dir
     (out,) = read_jsonl(tmp_path / "claims.scored.ql.json")
     assert (out["pos_index"], out["neg_index"], out["pos_ids"], len(out["teacher_scores"])) == ([3], [0, 4], ["d3"], 3)
     meta = json.loads((tmp_path / "claims.scored.ql.meta.json").read_text())
-    assert meta["fields_truncated_by_max_keys"] == ["neg_index", "pos_index"]
+    assert meta["fields_truncated_by_max_keys"] == ["neg_index"]
     assert meta["lm"]["dtype"] == "bfloat16" and meta["corpus"] == str(corpus.resolve())
     tok = tiny_lm.tokenizer
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
