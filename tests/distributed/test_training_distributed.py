@@ -1,4 +1,4 @@
-"""run_dense.py under torchrun (2 CPU processes, gloo) equals one process holding the global batch."""
+"""run_dense.py under torchrun (2 CPU processes, gloo; plain DDP and DeepSpeed ZeRO) equals one process holding the global batch."""
 from __future__ import annotations
 
 import os
@@ -49,3 +49,13 @@ def test_without_cross_device_negatives_the_runs_differ(tiny_bert_nodrop_dir, tm
     single = train(tiny_bert_nodrop_dir, tmp_path / "single", 1)
     double = train(tiny_bert_nodrop_dir, tmp_path / "ddp", 2)
     assert any(not torch.allclose(double[n], single[n], atol=2e-5, rtol=1e-4) for n in single)
+
+
+@pytest.mark.parametrize("stage", [2])
+def test_deepspeed_zero_on_cpu_equals_one_process(tiny_bert_nodrop_dir, tmp_path, stage):
+    """DeepSpeed ZeRO (gloo, torch AdamW) over 2 processes trains the same weights as plain single-process AdamW."""
+    config = REPO / "data" / "deepspeed" / f"stage{stage}.json"
+    single = train(tiny_bert_nodrop_dir, tmp_path / "single", 1, "--negative_cross_device")
+    zero = train(tiny_bert_nodrop_dir, tmp_path / "zero", 2, "--negative_cross_device", "--deepspeed", str(config))
+    for name in single:
+        torch.testing.assert_close(zero[name], single[name], atol=2e-5, rtol=1e-4, msg=name)
