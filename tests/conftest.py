@@ -37,20 +37,31 @@ def minilm_dir() -> Path:
     return resolve_encoder("minilm")
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
-    """A 2-layer, 32-dim randomly initialised BERT that uses MiniLM's tokenizer (fast unit tests)."""
+def save_tiny_bert(out: Path, tokenizer_dir: Path, dropout: float = 0.1) -> Path:
+    """A 2-layer, 32-dim randomly initialised BERT (seeded) with the tokenizer of ``tokenizer_dir``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    out = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+                        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A tiny random BERT with MiniLM's tokenizer (fast unit tests)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_nodrop_dir(tmp_path_factory, minilm_dir) -> Path:
+    """Like ``tiny_bert_dir`` but without dropout: two runs over the same batches give the same weights."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_nodrop"), minilm_dir, dropout=0.0)
 
 
 @pytest.fixture
@@ -59,20 +70,3 @@ def tmp_data(tmp_path) -> Path:
     dst = tmp_path / "toy"
     shutil.copytree(DATA / "llm_embedder_toy", dst)
     return dst
-
-
-@pytest.fixture(scope="session")
-def tiny_bert_nodrop_dir(tmp_path_factory, minilm_dir) -> Path:
-    """Like ``tiny_bert_dir`` but without dropout: two runs over the same batches give the same weights."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny_bert_nodrop")
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(minilm_dir)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out

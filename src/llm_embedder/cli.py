@@ -19,20 +19,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(table: dict[str, tuple[str, str]], argv: list[str], usage: str, kind: str) -> int:
+    """Run ``table[argv[0]]`` (a ``"module:function"`` taking the remaining argv), or print the table."""
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: llm-embedder COMMAND [ARGS]\n\ncommands:")
-        for name, (_, help_text) in sorted(SUBCOMMANDS.items()):
+        print(f"usage: {usage}\n\n{kind}s:")
+        for name, (_, help_text) in sorted(table.items()):
             print(f"  {name:<10} {help_text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"error: unknown command '{name}' (known: {', '.join(sorted(SUBCOMMANDS))})", file=sys.stderr)
+    if name not in table:
+        print(f"error: unknown {kind} '{name}' (known: {', '.join(sorted(table))})", file=sys.stderr)
         return 2
-    module_name, func_name = SUBCOMMANDS[name][0].split(":")
-    result = getattr(importlib.import_module(module_name), func_name)(rest)
-    return int(result or 0)
+    module_name, func_name = table[name][0].split(":")
+    return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(SUBCOMMANDS, list(sys.argv[1:] if argv is None else argv), "llm-embedder COMMAND [ARGS]", "command")
 
 
 if __name__ == "__main__":
