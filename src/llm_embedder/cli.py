@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .errors import UserError, cli_guard
+
 # name -> ("module:function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("llm_embedder.retrieval.encode_cli:main", "embed a corpus or queries into .npy shards (--num_shards/--shard_index)"),
@@ -19,23 +21,28 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def dispatch(table: dict[str, tuple[str, str]], argv: list[str], usage: str, kind: str) -> int:
-    """Run ``table[argv[0]]`` (a ``"module:function"`` taking the remaining argv), or print the table."""
+def dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str, kind: str, hint: str = "") -> int:
+    """Run ``table[argv[0]]`` (a ``"module:function"`` taking the remaining argv), or print the table.
+
+    ``prog`` is the command so far (``llm-embedder`` or ``llm-embedder convert``), ``kind`` what the table
+    holds (``command``, ``format``).
+    """
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {usage}\n\n{kind}s:")
+        print(f"usage: {prog} {kind.upper()} [ARGS]{hint}\n\n{kind}s:")
         for name, (_, help_text) in sorted(table.items()):
             print(f"  {name:<10} {help_text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in table:
-        print(f"error: unknown {kind} '{name}' (known: {', '.join(sorted(table))})", file=sys.stderr)
-        return 2
+        where = prog.split(" ", 1)[1] + ": " if " " in prog else ""
+        raise UserError(f"{where}unknown {kind} '{name}' (known: {', '.join(sorted(table))})")
     module_name, func_name = table[name][0].split(":")
     return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
 
 
+@cli_guard
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(SUBCOMMANDS, list(sys.argv[1:] if argv is None else argv), "llm-embedder COMMAND [ARGS]", "command")
+    return dispatch(SUBCOMMANDS, list(sys.argv[1:] if argv is None else argv), "llm-embedder", "command")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import cli_guard
+
 # format -> ("module:function", one-line help)
 CONVERTERS: dict[str, tuple[str, str]] = {
     "beir": ("llm_embedder.convert.beir:main", "BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv) -> {split}.json"),
@@ -20,8 +22,9 @@ def records_from_beir(*args, **kwargs):
     return impl(*args, **kwargs)
 
 
+@cli_guard
 def main(argv: list[str] | None = None) -> int:
     from ..cli import dispatch
 
     return dispatch(CONVERTERS, list(sys.argv[1:] if argv is None else argv),
-                    "llm-embedder convert FORMAT [ARGS]   (FORMAT --help for its arguments)", "format")
+                    "llm-embedder convert", "format", hint="   (FORMAT --help for its arguments)")
