@@ -93,7 +93,8 @@ class EmbedderTrainer(Trainer):
         # a task-homogeneous global batch; accelerate's re-sharding would mix batches across ranks.
         return _EpochAwareLoader(
             self.train_dataset, batch_sampler=self.make_batch_sampler(), collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),  # pinning needs a GPU
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
 
