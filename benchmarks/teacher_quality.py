@@ -7,6 +7,8 @@ BM25's own order over the same ten candidates is reported as a baseline. The sco
 ordinary ``run_lm_score.py`` CLI, so this measures exactly what training would consume.
 
     python benchmarks/teacher_quality.py --num_queries 40            # writes benchmarks/results/lm_teacher_quality.json
+    python benchmarks/teacher_quality.py --num_queries 40 --datasets scifact --bm25_backend pyserini \
+        --output benchmarks/results/lm_teacher_quality_scifact_pyserini.json
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from llm_embedder.corpus import load_corpus  # noqa: E402
 from llm_embedder.lm import run as lm_run  # noqa: E402
-from llm_embedder.retrieval.bm25 import BM25Retriever  # noqa: E402
+from llm_embedder.retrieval.bm25 import BACKENDS, BM25Retriever  # noqa: E402
 from llm_embedder.schema import read_json_objects, write_json, write_records  # noqa: E402
 
 DATASETS = {  # name -> (template, uses answers)
@@ -45,14 +47,14 @@ def train_queries(folder: Path, n: int) -> list[tuple[dict, list[str]]]:
     return [(queries[qid], docs) for qid, docs in list(relevant.items())[:n]]
 
 
-def build_candidates(name: str, n: int, negatives: int, work: Path) -> tuple[Path, Path, list[list[float]]]:
+def build_candidates(name: str, n: int, negatives: int, work: Path, backend: str = "bm25s") -> tuple[Path, Path, list[list[float]]]:
     """Write the schema file (gold first, then BM25 negatives as corpus rows); return it, the corpus and BM25 scores."""
     folder = REPO / "data" / name
     corpus_path = folder / "corpus.jsonl"
     corpus = load_corpus(corpus_path)
     row_of = corpus.id_to_row()
     picked = train_queries(folder, n)
-    bm25 = BM25Retriever("bm25s", show_progress=False).index(corpus)
+    bm25 = BM25Retriever(backend, show_progress=False).index(corpus)
     scores, rows = bm25.search([q["text"] for q, _ in picked], k=len(corpus))  # every matching document, best first
     records, bm25_scores = [], []
     for (query, gold_ids), s, r in zip(picked, scores, rows):
@@ -65,7 +67,7 @@ def build_candidates(name: str, n: int, negatives: int, work: Path) -> tuple[Pat
             record["answers"] = query["answers"]
         records.append(record)
         bm25_scores.append([score_of.get(x, 0.0) for x in [gold, *negs]])
-    data = write_records(work / f"{name}.train.json", records)
+    data = write_records(work / f"{name}.{backend}.train.json", records)
     return data, corpus_path, bm25_scores
 
 
@@ -83,23 +85,24 @@ def main(argv=None) -> int:
     p.add_argument("--model_name_or_path", default="smollm2")
     p.add_argument("--key_max_length", type=int, default=256)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--bm25_backend", default="bm25s", choices=BACKENDS, help="retriever that picks the negatives")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "lm_teacher_quality.json"))
     args = p.parse_args(argv)
     work = REPO / "benchmarks" / "results" / "tmp" / "teacher_quality"
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": "python benchmarks/teacher_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "model": args.model_name_or_path, "negatives": f"{args.negatives} bm25s (k1 0.9, b 0.4) top documents that are not relevant",
+               "model": args.model_name_or_path, "negatives": f"{args.negatives} top {args.bm25_backend} (k1 0.9, b 0.4) documents that are not relevant",
                "key_max_length": args.key_max_length, "torch_threads": torch.get_num_threads(),
                "datasets": {}}
     for name in args.datasets:
         template = DATASETS[name][0]
-        data, corpus, bm25_scores = build_candidates(name, args.num_queries, args.negatives, work)
+        data, corpus, bm25_scores = build_candidates(name, args.num_queries, args.negatives, work, args.bm25_backend)
         started = time.perf_counter()
         lm_run.main(["--eval_data", str(data), "--corpus", str(corpus), "--model_name_or_path", args.model_name_or_path,
                      "--template", template, "--save_name", "teacher", "--key_max_length", str(args.key_max_length)])
         seconds = time.perf_counter() - started
-        scored = read_json_objects(work / f"{name}.train.scored.teacher.json")[1]
-        meta = json.loads((work / f"{name}.train.scored.teacher.meta.json").read_text())
+        scored = read_json_objects(work / f"{name}.{args.bm25_backend}.train.scored.teacher.json")[1]
+        meta = json.loads((work / f"{name}.{args.bm25_backend}.train.scored.teacher.meta.json").read_text())
         results["datasets"][name] = {
             "template": template, "lm": agreement([r["teacher_scores"] for r in scored]),
             "bm25_on_same_candidates": agreement(bm25_scores),
