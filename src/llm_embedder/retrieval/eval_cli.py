@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if not save_name or any(c in save_name for c in "/\\ "):
         raise UserError(f"--save_name: {save_name!r} must be a plain name without spaces or slashes")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    rank, world = _dist_rank() if args.retrieval_method == "dense" else (0, 1)
+    rank, world = _dist_rank() if args.retrieval_method == "dense" else (int(os.environ.get("RANK", "0")), 1)
+    if args.retrieval_method == "bm25" and rank != 0:
+        return 0  # BM25 runs on rank 0 only; the other torchrun ranks have nothing to do
 
     # ---- retrieval ----
     queries = [r["query"] for r in records]
