@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -30,6 +27,7 @@ def weights(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_multitask_training_saves_a_sentence_transformers_model(tiny_bert_nodrop, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
@@ -67,6 +65,7 @@ def test_each_task_logs_its_own_losses(tiny_bert_nodrop, tmp_path):
     assert all(entry["contrastive_chat"] == 0.0 and entry["distill_chat"] > 0 for entry in chat)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_same_run(tiny_bert_nodrop, tmp_path):
     common = ["--train_data", f"{TOY}/qa.json", f"{TOY}/tool.json", "--max_steps", "4", "--save_strategy", "steps",
               "--save_steps", "2"]
@@ -91,14 +90,14 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_bert_nodrop, tmp_pat
     ({"query": "q", "task": "chat", "answers": ["x"]}, "history"),
     ({"query": "q", "pos": ["a"], "task": "no_such_task"}, "unknown task 'no_such_task'"),
 ])
-def test_bad_training_input_is_one_line_before_training(tmp_path, record, message):
+def test_bad_training_input_is_one_line_before_training(tmp_path, capsys, record, message):
     bad = tmp_path / "bad.json"
     good = {"query": "fine", "pos": ["a"], "neg": ["b"]}
     bad.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
-    proc = subprocess.run([sys.executable, "run_dense.py", "--train_data", str(bad), "--output_dir", str(tmp_path / "o"),
-                           "--model_name_or_path", str(tmp_path / "model_is_never_loaded")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:") or f"{bad}:" in l]
-    assert lines and f"{bad}:2:" in lines[0] and message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:  # the model path does not exist: validation must come first
+        run_dense(["--train_data", str(bad), "--output_dir", str(tmp_path / "o"),
+                   "--model_name_or_path", str(tmp_path / "model_is_never_loaded")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:2:") and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "o" / "run_args.json").exists()

@@ -456,7 +456,13 @@ class DenseEncoder(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"--batch_size: expected a positive integer, got {batch_size!r}")
         out = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        if not texts:
+            return out
+        # tokenise once, then batch by token count (tighter padding than sorting by characters)
+        encoded = self.tokenizer([instruction + text for text in texts], truncation=True,
+                                 max_length=self.max_lengths[side], padding=False)
+        fields = list(encoded.keys())
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         was_training = self.training
         self.eval()
         try:
@@ -464,7 +470,8 @@ class DenseEncoder(nn.Module):
                                               disable=not show_progress) as bar:
                 for start in range(0, len(order), batch_size):
                     rows = order[start:start + batch_size]
-                    batch = self.tokenize([texts[i] for i in rows], side, instruction)
+                    batch = self.tokenizer.pad([{f: encoded[f][i] for f in fields} for i in rows], padding=True,
+                                               return_tensors="pt")
                     out[rows] = self.embed(batch, side).float().cpu().numpy()
                     bar.update(len(rows))
         finally:
