@@ -32,14 +32,14 @@ def test_evaluate_dense_equals_a_plain_numpy_evaluation():
     queries = enc.encode([r["query"] for r in RECORDS])
     sims = queries @ keys.T
     run = {}
-    for qid, row in zip(["a", "1", "c"], sims):  # query_id, else the record's position
+    for qid, row in zip(["a", "2", "c"], sims):  # query_id, else the record's 1-based position (its line)
         top = np.argsort(-row, kind="stable")[:5]
         run[qid] = {f"doc{j}": float(row[j]) for j in top}
-    qrels = {"a": {"doc0": 1}, "1": {"doc4": 1}, "c": {"doc5": 1, "doc9": 1}}
+    qrels = {"a": {"doc0": 1}, "2": {"doc4": 1}, "c": {"doc5": 1, "doc9": 1}}
     expected = evaluate_run(run, qrels, ["ndcg", "recall", "mrr"], [1, 3])
     assert result["metrics"] == pytest.approx(expected)
     assert result["corpus"] == "full(N=10)" and result["num_queries"] == 3
-    assert set(result["run"]) == {"a", "1", "c"}
+    assert set(result["run"]) == {"a", "2", "c"}
     assert result["rows"].shape == (3, 5) and result["rows"][1, 0] == 4
     assert result["metrics"]["recall@1"] == pytest.approx((1 + 1 + 0.5) / 3)
 
@@ -94,9 +94,9 @@ def test_evaluate_groups_ranks_each_query_within_its_own_candidates():
     ]
     result = evaluate_groups(BagOfWordsEncoder(), records, CORPUS, ["mrr", "recall"], [1, 3], show_progress=False)
     assert result["corpus"].startswith("groups(own pos+neg, 3-3 keys")
-    assert result["per_query"]["0"]["mrr@1"] == 1.0
-    assert result["per_query"]["1"]["mrr@1"] == 0.0 and result["per_query"]["1"]["recall@3"] == 1.0
-    assert set(result["run"]["1"]) == {"1:0", "1:1", "1:2"}
+    assert result["per_query"]["1"]["mrr@1"] == 1.0  # query ids default to the 1-based position
+    assert result["per_query"]["2"]["mrr@1"] == 0.0 and result["per_query"]["2"]["recall@3"] == 1.0
+    assert set(result["run"]["2"]) == {"2:0", "2:1", "2:2"}
     with pytest.raises(UserError, match="need --corpus"):
         evaluate_groups(BagOfWordsEncoder(), records, None, ["mrr"], [1], show_progress=False)
 

@@ -35,10 +35,12 @@ def _records(records) -> list[dict]:
 
 
 def query_ids(records) -> list[str]:
-    """``query_id`` of each record as a string (default: its 0-based position); duplicates are a UserError."""
+    """``query_id`` of each record as a string (default: its line in the file, as DESIGN §2 and the
+    training data say; 1-based position for in-memory records); duplicates are a UserError."""
     ids, seen = [], {}
+    lines = getattr(records, "lines", None) or []
     for i, record in enumerate(_records(records)):
-        qid = str(record.get("query_id", i))
+        qid = str(record.get("query_id", lines[i] if i < len(lines) else i + 1))
         if any(c.isspace() for c in qid):
             raise UserError(f"{_where(records, i)}: query_id: {qid!r} contains whitespace (run files cannot hold it)")
         if qid in seen:

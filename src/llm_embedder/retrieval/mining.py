@@ -99,6 +99,8 @@ def mine_negatives(records: Sequence[dict], rows: np.ndarray, corpus: Corpus, ma
         new = dict(record)
         new["neg_index"] = negatives
         new["neg"] = [corpus.texts[r] for r in negatives]
+        if "neg_ids" in new or "pos_ids" in new:  # keep the original doc ids in step with the new rows
+            new["neg_ids"] = [corpus.ids[r] for r in negatives]
         if "teacher_scores" in new:
             del new["teacher_scores"]
             stats.teacher_scores_removed += 1
