@@ -24,7 +24,7 @@ from pathlib import Path
 from ..corpus import load_corpus
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
-from ..schema import derived_path, read_records, write_json, write_records
+from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
 from .dense import INDEX_TYPES, IndexParams
 from .metrics import METRICS, check_metrics, write_trec_run
 
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--eval_data", required=True, help="schema records (JSONL); llm-embedder:scifact/test.json works")
-    data.add_argument("--corpus", required=True, help="corpus JSONL; its row number is the key index")
+    data.add_argument("--corpus", default=None,
+                      help="corpus JSONL; its row number is the key index (default: the one --eval_data's .meta.json names)")
     data.add_argument("--key_template", default=None, help='how a corpus row becomes key text, e.g. "{title} {text}"')
     data.add_argument("--max_queries", type=int, default=None, help="evaluate only the first N records")
     data.add_argument("--output_dir", default=None, help="where outputs go (default: next to --eval_data)")
@@ -166,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         check_mining_args(args.max_neg_num, args.neg_start, args.hits)
 
     # ---- every input check before any model work ----
+    if args.corpus is None:
+        args.corpus = sidecar_corpus(args.eval_data)
+        if args.corpus is None:
+            raise UserError(f"--corpus: required ({args.eval_data} has no .meta.json sidecar naming its corpus)")
     corpus = load_corpus(args.corpus, key_template=args.key_template)
     if not len(corpus):
         raise UserError(f"--corpus: {args.corpus} has no rows")
