@@ -101,3 +101,14 @@ def test_bad_training_input_is_one_line_before_training(tmp_path, capsys, record
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}:2:") and message in err, err
     assert "Traceback" not in err and not (tmp_path / "o" / "run_args.json").exists()
+
+
+@pytest.mark.slow
+def test_grad_cache_trains_the_same_weights(tiny_bert_nodrop, tmp_path):
+    common = ["--train_data", f"{TOY}/qa.json", "--max_steps", "2"]
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    run_dense(base_args(tiny_bert_nodrop, plain, *common))
+    run_dense(base_args(tiny_bert_nodrop, cached, *common, "--grad_cache_chunk_size", "2"))
+    a, b = weights(plain), weights(cached)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -12,6 +12,8 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
+from ..errors import UserError
+
 
 @dataclass
 class ModelArguments:
@@ -75,6 +77,7 @@ class RetrievalTrainingArguments(TrainingArguments):
     student_temperature: float = field(default=1.0, metadata={"help": "T_s: softmax(s(q,k) / T_s) in KL distillation."})
     inbatch_negatives: bool = field(default=True, metadata={"help": "Other queries' keys are negatives in the contrastive loss."})
     negative_cross_device: bool = field(default=False, metadata={"help": "Gather keys from all processes as negatives."})
+    grad_cache_chunk_size: int = field(default=0, metadata={"help": "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches are built by our collator."})
     report_to: Optional[list[str]] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
@@ -83,14 +86,17 @@ class RetrievalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         if self.output_dir is None:
-            from ..errors import UserError
-
             raise UserError("--output_dir: required (where the trained model and metrics.json go)")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _cuda_available():
             # under torchrun without GPUs, accelerate wraps the model in DDP (gloo) only when told it runs on
             # CPU; otherwise every process would update its own copy with its own half of each batch
             self.use_cpu = True
         super().__post_init__()
+        if self.grad_cache_chunk_size < 0:
+            raise UserError(f"--grad_cache_chunk_size: must be 0 (off) or a positive row count, got {self.grad_cache_chunk_size}")
+        if self.grad_cache_chunk_size and self.world_size > 1:
+            raise UserError("--grad_cache_chunk_size: GradCache runs in one process only (DDP would sync every chunk); "
+                            "use --negative_cross_device for large batches over several processes")
 
 
 def _cuda_available() -> bool:

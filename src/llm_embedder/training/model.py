@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..modeling.grad_cache import grad_cached_loss
 from ..modeling.losses import LossParams, compute_loss
 
 # LossParams fields decided per task by its resolved recipe (same names in both)
@@ -27,11 +28,13 @@ def task_loss_params(default: LossParams, recipes) -> dict[str, LossParams]:
 class EmbedderModel(nn.Module):
     """``forward(query_inputs, key_inputs, teacher_scores, task, group_size) -> {"loss", "contrastive", "distill"}``."""
 
-    def __init__(self, encoder, default_params: LossParams, task_params: dict[str, LossParams] | None = None):
+    def __init__(self, encoder, default_params: LossParams, task_params: dict[str, LossParams] | None = None,
+                 grad_cache_chunk_size: int = 0):
         super().__init__()
         self.encoder = encoder
         self.default_params = default_params
         self.task_params = dict(task_params or {})
+        self.grad_cache_chunk_size = grad_cache_chunk_size  # 0: plain backward; N: GradCache in N-row chunks
         self.config = getattr(encoder, "config", None)  # some Trainer code paths read model.config
 
     def loss_params(self, task: str) -> LossParams:
@@ -39,12 +42,16 @@ class EmbedderModel(nn.Module):
         return self.task_params.get(task, self.default_params)
 
     def forward(self, query_inputs, key_inputs, teacher_scores=None, task: str = "qa", group_size: int | None = None, **_):
-        q = self.encoder.embed(query_inputs, side="query")
-        k = self.encoder.embed(key_inputs, side="key")
-        group_size = group_size or k.shape[0] // q.shape[0]
-        if teacher_scores is not None:
-            teacher_scores = teacher_scores.to(q.dtype)
-        return compute_loss(q, k, teacher_scores, group_size, self.loss_params(task))
+        params = self.loss_params(task)
+
+        def loss_fn(q, k):
+            scores = teacher_scores.to(q.dtype) if teacher_scores is not None else None
+            return compute_loss(q, k, scores, group_size or k.shape[0] // q.shape[0], params)
+
+        if self.grad_cache_chunk_size and self.training and torch.is_grad_enabled():
+            return grad_cached_loss(lambda batch, side: self.encoder.embed(batch, side=side), query_inputs, key_inputs,
+                                    loss_fn, self.grad_cache_chunk_size)
+        return loss_fn(self.encoder.embed(query_inputs, side="query"), self.encoder.embed(key_inputs, side="key"))
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)

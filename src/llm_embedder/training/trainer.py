@@ -60,7 +60,8 @@ class EmbedderTrainer(Trainer):
         if model is not None and not isinstance(model, EmbedderModel):
             default = loss_params_from_args(args, cos_temperature)
             recipes = getattr(kwargs.get("train_dataset"), "recipes", None) or []
-            model = EmbedderModel(model, default, task_loss_params(default, recipes))
+            model = EmbedderModel(model, default, task_loss_params(default, recipes),
+                                  grad_cache_chunk_size=getattr(args, "grad_cache_chunk_size", 0))
         super().__init__(model=model, args=args, **kwargs)
         self.evaluator = evaluator
         self.sampler_mode = sampler_mode
