@@ -26,10 +26,11 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
                BM25_BACKEND="bm25s", EPOCHS="1", BATCH="4", OUT=str(out), TORCH_THREADS="1",
                EXTRA_TRAIN_ARGS="--query_max_length 32 --key_max_length 64 --disable_tqdm True",
                EXTRA_EVAL_ARGS="--key_max_length 64")
-    proc = subprocess.run(["bash", "scripts/3iter-msmarco.sh", str(tmp_path / "train.json"), str(tmp_path / "test.json"),
-                           str(data_dir / "pubmedqa" / "corpus.jsonl")], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=900)
+    command = ["bash", "scripts/3iter-msmarco.sh", str(tmp_path / "train.json"), str(tmp_path / "test.json"),
+               str(data_dir / "pubmedqa" / "corpus.jsonl")]
+    proc = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "reusing" not in proc.stdout
     table = (out / "results.md").read_text().splitlines()
     assert [row.split("|")[1].strip() for row in table[2:5]] == ["0", "1", "2"]
     assert "bm25" in table[3] and "dense (round 1)" in table[4]
@@ -38,3 +39,15 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     mined = [json.loads(l) for l in (out / "round-1" / "train.neg.bm25.json").read_text().splitlines()]
     assert all(not set(r["neg_index"]) & set(r["pos_index"]) for r in mined)
     assert (out / "round-2" / "model" / "model.safetensors").is_file()
+
+    # A second run with the same OUT reuses every finished step (1 eval + 2 rounds x 4 steps) and rebuilds the
+    # same table; removing one round's model marker retrains that round only.
+    model_file = out / "round-2" / "model" / "model.safetensors"
+    trained_at = model_file.stat().st_mtime_ns
+    rerun = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
+    assert rerun.stdout.count("reusing") == 9
+    again = (out / "results.md").read_text().splitlines()
+    assert [row.split("|")[3] for row in again[2:5]] == [row.split("|")[3] for row in table[2:5]]
+    assert "9 steps reused" in again[-1]
+    assert model_file.stat().st_mtime_ns == trained_at

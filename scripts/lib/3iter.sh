@@ -10,6 +10,9 @@
 #   EPOCHS (2)  BATCH (8)  LR (2e-5)  BM25_BACKEND (pyserini)  OUT (runs/3iter-NAME)
 #   EXTRA_TRAIN_ARGS / EXTRA_EVAL_ARGS  more arguments for run_dense.py / eval_retrieval
 # Everything each step writes stays in OUT/round-R/, so any step can be inspected or re-run on its own.
+# Resumable: run it again with the same OUT and every step whose output is complete is reused (said in the
+# log and counted under the table); FORCE=1 redoes everything. Outputs appear only when a step succeeds (the
+# tools write temp files and rename; a trained model is marked complete by OUT/round-R/model/.complete).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 three_iterations() {
@@ -18,9 +21,13 @@ three_iterations() {
   local model=${MODEL:-minilm} lm=${LM:-smollm2} template=${TEMPLATE:-auto}
   local evaluate=("$PY" -m evaluation.eval_retrieval --corpus "$corpus" --metrics ndcg recall mrr --cutoffs 10 100 --hits 100)
   mkdir -p "$out"
-  local table="$out/results.md" started=$SECONDS
+  local table="$out/results.md" started=$SECONDS reused=0
   printf '| round | negatives mined by | nDCG@10 | R@100 | MRR@10 | minutes |\n|---|---|---|---|---|---|\n' > "$table"
 
+  done_already() {  # OUTPUT STEP: true (and says so) when OUTPUT exists and FORCE is unset
+    if [[ -z ${FORCE:-} && -e $1 ]]; then echo "   reusing $1 ($2 done in an earlier run; FORCE=1 redoes it)"; reused=$(( reused + 1 )); return 0; fi
+    return 1
+  }
   summary_row() {  # ROUND MINER SUMMARY_JSON MINUTES
     "$PY" - "$@" >> "$table" <<'PYEOF'
 import json, sys
@@ -31,10 +38,12 @@ PYEOF
   }
 
   echo "== round 0: $model before training"
-  local t0=$SECONDS
-  "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$model" \
-    --output_dir "$out/round-0" --save_name eval ${EXTRA_EVAL_ARGS:-}
-  summary_row 0 "-" "$out/round-0/$(basename "${test#llm-embedder:}" .json).eval.eval.json" $(( (SECONDS - t0) / 60 ))
+  local t0=$SECONDS test_stem
+  test_stem=$(basename "${test#llm-embedder:}" .json)
+  done_already "$out/round-0/$test_stem.eval.eval.json" evaluation ||
+    "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$model" \
+      --output_dir "$out/round-0" --save_name eval ${EXTRA_EVAL_ARGS:-}
+  summary_row 0 "-" "$out/round-0/$test_stem.eval.eval.json" $(( (SECONDS - t0) / 60 ))
 
   local encoder=$model
   for r in $(seq 1 "$rounds"); do
@@ -42,32 +51,35 @@ PYEOF
     local dir="$out/round-$r" stem
     stem=$(basename "${train#llm-embedder:}" .json)
     mkdir -p "$dir"
-    if [[ $r == 1 ]]; then
-      echo "== round $r: mine with BM25"
-      "${evaluate[@]}" --eval_data "$train" --retrieval_method bm25 --bm25_backend "${BM25_BACKEND:-pyserini}" \
-        --metrics collate_neg --max_queries "$n_queries" --max_neg_num $(( n_keys - 1 )) --output_dir "$dir" --save_name bm25
-      miner=bm25
-    else
-      echo "== round $r: mine with the round-$(( r - 1 )) encoder"
-      "${evaluate[@]}" --eval_data "$train" --retrieval_method dense --query_encoder "$encoder" \
-        --metrics collate_neg --max_queries "$n_queries" --max_neg_num $(( n_keys - 1 )) --output_dir "$dir" --save_name dense
-      miner="dense (round $(( r - 1 )))"
+    local miner=bm25 method=(--retrieval_method bm25 --bm25_backend "${BM25_BACKEND:-pyserini}")
+    if [[ $r != 1 ]]; then
+      miner="dense (round $(( r - 1 )))" method=(--retrieval_method dense --query_encoder "$encoder")
     fi
-    local mined="$dir/$stem.neg.${miner%% *}.json"
+    local mined="$dir/$stem.neg.${miner%% *}.json" scored="$dir/$stem.neg.${miner%% *}.scored.lm.json"
+    echo "== round $r: mine with ${miner}"
+    done_already "$mined" mining ||
+      "${evaluate[@]}" --eval_data "$train" "${method[@]}" --metrics collate_neg --max_queries "$n_queries" \
+        --max_neg_num $(( n_keys - 1 )) --output_dir "$dir" --save_name "${miner%% *}"
     echo "== round $r: score $(wc -l < "$mined") queries x $n_keys keys with $lm"
-    "$PY" run_lm_score.py --eval_data "$mined" --corpus "$corpus" --model_name_or_path "$lm" --template "$template" \
-      --save_name lm --max_keys "$n_keys" --output_dir "$dir"
+    done_already "$scored" "LM scoring" ||
+      "$PY" run_lm_score.py --eval_data "$mined" --corpus "$corpus" --model_name_or_path "$lm" --template "$template" \
+        --save_name lm --max_keys "$n_keys" --output_dir "$dir"
     echo "== round $r: train from $encoder"
-    run_dense --model_name_or_path "$encoder" --train_data "$dir/$stem.neg.${miner%% *}.scored.lm.json" --corpus "$corpus" \
-      --output_dir "$dir/model" --overwrite_output_dir --train_group_size "$n_keys" \
-      --per_device_train_batch_size "${BATCH:-8}" --num_train_epochs "${EPOCHS:-2}" --learning_rate "${LR:-2e-5}" \
-      --cos_temperature 0.05 --stable_distill --logging_steps 1 --save_strategy no ${EXTRA_TRAIN_ARGS:-}
+    if ! done_already "$dir/model/.complete" training; then
+      run_dense --model_name_or_path "$encoder" --train_data "$scored" --corpus "$corpus" \
+        --output_dir "$dir/model" --overwrite_output_dir --train_group_size "$n_keys" \
+        --per_device_train_batch_size "${BATCH:-8}" --num_train_epochs "${EPOCHS:-2}" --learning_rate "${LR:-2e-5}" \
+        --cos_temperature 0.05 --stable_distill --logging_steps 1 --save_strategy no ${EXTRA_TRAIN_ARGS:-}
+      touch "$dir/model/.complete"
+    fi
     encoder="$dir/model"
     echo "== round $r: evaluate"
-    "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$encoder" \
-      --output_dir "$dir" --save_name eval ${EXTRA_EVAL_ARGS:-}
-    summary_row "$r" "$miner" "$dir/$(basename "${test#llm-embedder:}" .json).eval.eval.json" $(( (SECONDS - t0) / 60 ))
+    done_already "$dir/$test_stem.eval.eval.json" evaluation ||
+      "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$encoder" \
+        --output_dir "$dir" --save_name eval ${EXTRA_EVAL_ARGS:-}
+    summary_row "$r" "$miner" "$dir/$test_stem.eval.eval.json" $(( (SECONDS - t0) / 60 ))
   done
   echo "total wall time: $(( (SECONDS - started) / 60 )) min" >> "$table"
+  (( reused == 0 )) || echo "($reused steps reused from an earlier run: their minutes are not in this table)" >> "$table"
   cat "$table"
 }
