@@ -8,7 +8,7 @@ from llm_embedder.errors import UserError
 from llm_embedder.lm.pairs import build_plan, plan_rows
 from llm_embedder.lm.scorer import collate
 from llm_embedder.lm.templates import LMTemplate, get_template, register_template, template_for_task
-from llm_embedder.schema import RecordFile, read_records
+from llm_embedder.schema import RecordFile, read_records, validate_record
 from test_lm_fixtures import QA_ROWS, one_torch_thread, smollm2_tokenizer, write_jsonl  # noqa: F401  (fixtures)
 
 
@@ -138,6 +138,17 @@ def test_max_keys_truncates_keys_and_aligned_fields_together(tmp_path, tok):
         ["p0", "p1"], [5, 6], ["n0"], [7], [0.1])
     assert row["neg"] == ["n0", "n1", "n2"]  # the input record is not modified
     assert plan.row_plans[0].truncated_fields == {"neg": 1, "neg_index": 1, "neg_score": 1}  # pos was kept whole
+
+
+def test_max_keys_keeps_original_ids_in_step_and_the_row_valid(tmp_path, tok):
+    """Mined SciFact rows carry pos_ids/neg_ids; cutting neg_index without them made run_dense refuse the file."""
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(8)], ids=[f"d{i}" for i in range(8)])
+    row = {"query": "q?", "task": "qa", "pos_index": [1, 2], "pos_ids": ["d1", "d2"],
+           "neg_index": [3, 4, 5, 6, 7], "neg_ids": ["d3", "d4", "d5", "d6", "d7"]}
+    plan = build_plan(records(tmp_path, [row]), tok, template="query_likelihood", corpus=corpus, max_keys=6)
+    out = plan.rows[0]
+    assert (out["pos_ids"], out["neg_index"], out["neg_ids"]) == (["d1", "d2"], [3, 4, 5, 6], ["d3", "d4", "d5", "d6"])
+    assert validate_record({**out, "teacher_scores": [0.0] * 6}, purpose="train", corpus_ids=corpus.ids) == []
 
 
 def test_max_queries_keeps_the_first_rows(tmp_path, tok):

@@ -22,9 +22,10 @@ from ..schema import RecordFile, raise_if_errors, uses_history
 from .templates import LMTemplate, get_template, template_for_task
 
 AUTO = "auto"
-# fields that line up with the key list, truncated together by --max_keys (icl rows carry per-key scores)
-KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_scores"),
-                      "neg": ("neg", "neg_index", "neg_score", "neg_scores"),
+# fields that line up with the key list, truncated together by --max_keys (icl rows carry per-key scores;
+# converted and mined rows carry the original document ids)
+KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_ids", "pos_scores"),
+                      "neg": ("neg", "neg_index", "neg_ids", "neg_score", "neg_scores"),
                       "history": ("history",)}
 
 
