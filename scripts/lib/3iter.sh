@@ -38,8 +38,8 @@ PYEOF
   }
 
   echo "== round 0: $model before training"
-  local t0=$SECONDS test_stem
-  test_stem=$(basename "${test#llm-embedder:}" .json)
+  local t0=$SECONDS test_stem train_stem
+  test_stem=$(basename "${test#llm-embedder:}" .json) train_stem=$(basename "${train#llm-embedder:}" .json)
   done_already "$out/round-0/$test_stem.eval.eval.json" evaluation ||
     "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$model" \
       --output_dir "$out/round-0" --save_name eval ${EXTRA_EVAL_ARGS:-}
@@ -48,18 +48,18 @@ PYEOF
   local encoder=$model
   for r in $(seq 1 "$rounds"); do
     t0=$SECONDS
-    local dir="$out/round-$r" stem
-    stem=$(basename "${train#llm-embedder:}" .json)
+    local dir="$out/round-$r"
     mkdir -p "$dir"
-    local miner=bm25 method=(--retrieval_method bm25 --bm25_backend "${BM25_BACKEND:-pyserini}")
+    # tag names the files ({train}.neg.{tag}.json); miner is the table's label
+    local tag=bm25 miner=bm25 method=(--retrieval_method bm25 --bm25_backend "${BM25_BACKEND:-pyserini}")
     if [[ $r != 1 ]]; then
-      miner="dense (round $(( r - 1 )))" method=(--retrieval_method dense --query_encoder "$encoder")
+      tag=dense miner="dense (round $(( r - 1 )))" method=(--retrieval_method dense --query_encoder "$encoder")
     fi
-    local mined="$dir/$stem.neg.${miner%% *}.json" scored="$dir/$stem.neg.${miner%% *}.scored.lm.json"
+    local mined="$dir/$train_stem.neg.$tag.json" scored="$dir/$train_stem.neg.$tag.scored.lm.json"
     echo "== round $r: mine with ${miner}"
     done_already "$mined" mining ||
       "${evaluate[@]}" --eval_data "$train" "${method[@]}" --metrics collate_neg --max_queries "$n_queries" \
-        --max_neg_num $(( n_keys - 1 )) --output_dir "$dir" --save_name "${miner%% *}"
+        --max_neg_num $(( n_keys - 1 )) --output_dir "$dir" --save_name "$tag"
     echo "== round $r: score $(wc -l < "$mined") queries x $n_keys keys with $lm"
     done_already "$scored" "LM scoring" ||
       "$PY" run_lm_score.py --eval_data "$mined" --corpus "$corpus" --model_name_or_path "$lm" --template "$template" \
