@@ -97,15 +97,11 @@ def _versions() -> dict:
 
 
 def _dist_rank() -> tuple[int, int]:
-    """Join the torchrun process group (gloo) when launched by torchrun; ``(rank, world)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
+    """Join the torchrun process group when launched by it; ``(rank, world)``. gloo: the ranks only meet at
+    barriers around the shared embedding cache, which gloo serves on CPUs and GPUs alike."""
+    from ..distributed import init_from_env
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return init_from_env(backend="gloo")
 
 
 def _task_of(records: list[dict], explicit: str | None) -> str:

@@ -77,7 +77,9 @@ class RetrievalTrainingArguments(TrainingArguments):
     student_temperature: float = field(default=1.0, metadata={"help": "T_s: softmax(s(q,k) / T_s) in KL distillation."})
     inbatch_negatives: bool = field(default=True, metadata={"help": "Other queries' keys are negatives in the contrastive loss."})
     negative_cross_device: bool = field(default=False, metadata={"help": "Gather keys from all processes as negatives."})
-    grad_cache_chunk_size: int = field(default=0, metadata={"help": "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off."})
+    grad_cache_chunk_size: int = field(default=0, metadata={"help": "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; works with DDP, DeepSpeed ZeRO-1/2 and --negative_cross_device). 0 = off."})
+    grad_cache_query_chunk_size: int = field(default=0, metadata={"help": "GradCache chunk size for queries; 0 = --grad_cache_chunk_size."})
+    grad_cache_key_chunk_size: int = field(default=0, metadata={"help": "GradCache chunk size for keys; 0 = --grad_cache_chunk_size."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches are built by our collator."})
     report_to: Optional[list[str]] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
@@ -92,12 +94,14 @@ class RetrievalTrainingArguments(TrainingArguments):
             # CPU; otherwise every process would update its own copy with its own half of each batch
             self.use_cpu = True
         super().__post_init__()
-        if self.grad_cache_chunk_size < 0:
-            raise UserError(f"--grad_cache_chunk_size: must be 0 (off) or a positive row count, got {self.grad_cache_chunk_size}")
-        if self.grad_cache_chunk_size and self.world_size > 1:
-            raise UserError("--grad_cache_chunk_size: GradCache runs in one process only (DDP would sync every chunk); "
-                            "use --negative_cross_device for large batches over several processes")
-
+        for name in ("grad_cache_chunk_size", "grad_cache_query_chunk_size", "grad_cache_key_chunk_size"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name}: must be 0 (off / use --grad_cache_chunk_size) or a positive row count, "
+                                f"got {getattr(self, name)}")
+        grad_cache = self.grad_cache_chunk_size or self.grad_cache_query_chunk_size or self.grad_cache_key_chunk_size
+        if grad_cache and self.deepspeed and self.hf_deepspeed_config.is_zero3():
+            raise UserError("--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3 "
+                            "(its parameter shards are gathered per forward); use a stage 1/2 config")
 
 def _cuda_available() -> bool:
     import torch
