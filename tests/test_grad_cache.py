@@ -211,3 +211,14 @@ def test_bf16_autocast_replay_matches_the_plain_bf16_step(monkeypatch):
     fp32_replay = _bf16_step(model, 3)
     guard_err = _max_rel_err(fp32_replay, plain)
     assert guard_err > 10 * max(err, 1e-4), (err, guard_err)
+
+
+def test_grad_cache_refuses_zero3_in_one_line(tmp_path, repo_root):
+    from llm_embedder.errors import UserError
+    from llm_embedder.training.arguments import RetrievalTrainingArguments
+
+    with pytest.raises(UserError, match="--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3"):
+        RetrievalTrainingArguments(output_dir=str(tmp_path), grad_cache_key_chunk_size=2, use_cpu=True,
+                                   deepspeed=str(repo_root / "data" / "deepspeed" / "stage3.json"))
+    with pytest.raises(UserError, match="--grad_cache_query_chunk_size: must be 0"):
+        RetrievalTrainingArguments(output_dir=str(tmp_path), grad_cache_query_chunk_size=-1, use_cpu=True)

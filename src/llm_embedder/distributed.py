@@ -71,6 +71,20 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
     return rank(), world_size()
 
 
+def init_deepspeed_comm() -> None:
+    """Let DeepSpeed's communication layer adopt the process group before a ZeRO-3 model is built.
+
+    Under ZeRO-3, ``from_pretrained`` partitions weights while loading (``deepspeed.zero.Init``), which
+    reads the world size from ``deepspeed.comm``; uninitialised, it sees one rank and rejects the batch
+    sizes. A no-op without torchrun.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
 def destroy() -> None:
     """Leave the process group (after a barrier) if one is initialised."""
     if is_distributed():

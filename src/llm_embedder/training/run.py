@@ -116,6 +116,10 @@ def build_trainer(model_args, data_args, training_args):
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    if training_args.deepspeed:
+        from ..distributed import init_deepspeed_comm
+
+        init_deepspeed_comm()  # before from_pretrained: ZeRO-3 partitions the weights while loading them
     encoder = DenseEncoder.from_pretrained(
         model_args.model_name_or_path, pooling_method=model_args.pooling_method, normalize=model_args.normalize,
         query_max_length=model_args.query_max_length, key_max_length=model_args.key_max_length,
