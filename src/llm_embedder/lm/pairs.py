@@ -18,15 +18,10 @@ from dataclasses import dataclass, field
 
 from ..corpus import Corpus
 from ..errors import UserError
-from ..schema import RecordFile, raise_if_errors, uses_history
+from ..schema import KEY_ALIGNED_FIELDS, RecordFile, raise_if_errors, uses_history
 from .templates import LMTemplate, get_template, template_for_task
 
 AUTO = "auto"
-# fields that line up with the key list, truncated together by --max_keys (icl rows carry per-key scores;
-# converted and mined rows carry the original document ids)
-KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_ids", "pos_scores"),
-                      "neg": ("neg", "neg_index", "neg_ids", "neg_score", "neg_scores"),
-                      "history": ("history",)}
 
 
 @dataclass
