@@ -71,11 +71,20 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_bert_nodrop, tmp_pat
               "--save_steps", "2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_dense(base_args(tiny_bert_nodrop, straight, *common))
-    # the interrupted run: same arguments, stopped after its step-2 checkpoint
-    run_dense(base_args(tiny_bert_nodrop, resumed, *common[:-4], "--max_steps", "2", "--save_strategy", "steps",
-                        "--save_steps", "2"))
-    # a max_steps-2 run has a different LR schedule; resume from the straight run's own checkpoint instead
-    run_dense(base_args(tiny_bert_nodrop, resumed, *common, "--resume_from_checkpoint", str(straight / "checkpoint-2")))
+    # the interrupted run: the same arguments (same LR schedule), stopped right after its step-2 checkpoint
+    from transformers import TrainerCallback
+
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    class StopAtStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    interrupted = build_trainer(*parse_args(base_args(tiny_bert_nodrop, resumed, *common)))
+    interrupted.add_callback(StopAtStep2())
+    interrupted.train()
+    assert (resumed / "checkpoint-2").is_dir() and not (resumed / "checkpoint-4").exists()
+    run_dense(base_args(tiny_bert_nodrop, resumed, *common, "--resume_from_checkpoint", str(resumed / "checkpoint-2")))
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
