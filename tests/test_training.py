@@ -65,6 +65,17 @@ def test_each_task_logs_its_own_losses(tiny_bert_nodrop, tmp_path):
     assert all(entry["contrastive_chat"] == 0.0 and entry["distill_chat"] > 0 for entry in chat)
 
 
+def test_examples_an_epoch_leaves_out_are_reported(tiny_bert_nodrop, tmp_path, caplog):
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    trainer = build_trainer(*parse_args(base_args(tiny_bert_nodrop, tmp_path / "run", "--train_data", f"{TOY}/qa.json",
+                                                  "--per_device_train_batch_size", "3", "--max_steps", "1")))
+    with caplog.at_level("WARNING"):
+        sampler = trainer.make_batch_sampler()
+    assert sampler.drop_last and sampler.dropped == [2]  # 8 toy records, batches of 3
+    assert "qa.json: 2 of 8 examples are left out of each epoch" in caplog.text
+
+
 @pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_same_run(tiny_bert_nodrop, tmp_path):
     common = ["--train_data", f"{TOY}/qa.json", f"{TOY}/tool.json", "--max_steps", "4", "--save_strategy", "steps",
