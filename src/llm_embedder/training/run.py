@@ -25,14 +25,43 @@ CHOICES = {
 
 
 def parse_args(argv=None):
-    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses."""
+    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses.
+
+    Each gets ``explicit_args``: the argument names the user gave (on the command line or in the file), so a
+    given value wins over a task recipe even when it equals the default (tasks.resolve_recipe).
+    """
     parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        parsed = parser.parse_json_file(argv[0]) if argv[0].endswith(".json") else parser.parse_yaml_file(argv[0])
+        explicit = _file_keys(argv[0])
+    else:
+        parsed = parser.parse_args_into_dataclasses(argv)
+        explicit = explicit_dests(parser, argv)
+    for args in parsed:
+        args.explicit_args = explicit
+    return parsed
+
+
+def explicit_dests(parser, argv) -> frozenset[str]:
+    """The argument names (dests) that ``argv`` sets: every dest starts as a marker that parsing replaces."""
+    import argparse
+
+    marker = object()
+    namespace = argparse.Namespace(**{a.dest: marker for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parsed, _ = parser.parse_known_args(argv, namespace=namespace)
+    return frozenset(name for name, value in vars(parsed).items() if value is not marker)
+
+
+def _file_keys(path: str) -> frozenset[str]:
+    import json
+
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        return frozenset(json.loads(text))
+    import yaml
+
+    return frozenset(yaml.safe_load(text) or {})
 
 
 def check_choices(*arg_objects) -> None:
@@ -68,6 +97,9 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
         seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
         train_dataset = TrainDataset(data_args.train_data, corpus=corpus,
                                      args=TrainDataArgs.from_args(data_args, training_args), seed=seed)
+        from .model import task_losses
+
+        task_losses(train_dataset.recipes, training_args.negative_cross_device)  # every loss term exists, before any model
     eval_file = eval_corpus = None
     if data_args.eval_data:
         named = sidecar_corpus(data_args.eval_data)
@@ -92,6 +124,13 @@ def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tupl
     return {t: (get_task(t).query_instruction, get_task(t).key_instruction) for t in tasks}
 
 
+def resolved_recipes(train_dataset) -> dict:
+    """``{task: resolved recipe}`` (every field, its loss terms, and where each value came from)."""
+    if train_dataset is None:
+        return {}
+    return {recipe.name: recipe.to_dict() for recipe in train_dataset.recipes}
+
+
 def run_info(model_args, data_args, training_args) -> dict:
     """Arguments and library versions recorded next to every output."""
     import platform
@@ -102,10 +141,15 @@ def run_info(model_args, data_args, training_args) -> dict:
     from .. import __version__
 
     return {
-        "args": {"model": vars(model_args), "data": vars(data_args), "training": training_args.to_dict()},
+        "args": {"model": _public(vars(model_args)), "data": _public(vars(data_args)), "training": training_args.to_dict()},
+        "explicit_args": sorted(getattr(training_args, "explicit_args", ()) or ()),
         "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
     }
+
+
+def _public(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k != "explicit_args"}
 
 
 def build_trainer(model_args, data_args, training_args):
@@ -138,7 +182,7 @@ def build_trainer(model_args, data_args, training_args):
                                        default_task=data_args.default_task),
         evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
         instructions=task_instructions(sorted(tasks), model_args.add_instruction),
-        cos_temperature=model_args.cos_temperature, run_info=run_info(model_args, data_args, training_args),
+        run_info={**run_info(model_args, data_args, training_args), "recipes": resolved_recipes(train_dataset)},
     )
     return trainer
 
@@ -153,6 +197,8 @@ def main(argv=None) -> dict:
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)
+        if trainer.run_info.get("recipes"):  # the loss and sampling each task trained with, with sources
+            write_json(Path(training_args.output_dir) / "recipes.json", trainer.run_info["recipes"])
     metrics = {}
     if trainer.train_dataset is not None:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
