@@ -21,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..corpus import load_corpus
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
@@ -35,7 +36,7 @@ ANSWER_POLICIES = ("mean", "max")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_lm_score.py", description=__doc__.splitlines()[0],
+    p = ArgParser(prog="run_lm_score.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--eval_data", required=True, help="schema file to score (llm-embedder:... paths allowed)")
     p.add_argument("--corpus", help="JSONL corpus that pos_index/neg_index refer to "

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..corpus import load_corpus
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
@@ -34,7 +35,7 @@ ACTIONS = ("collate_neg",)  # --metrics entries that write files instead of comp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.eval_retrieval", description=__doc__.split("\n\n")[0],
+    p = ArgParser(prog="python -m evaluation.eval_retrieval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--eval_data", required=True, help="schema records (JSONL); llm-embedder:scifact/test.json works")

@@ -5,11 +5,10 @@ model is loaded, so a mistake costs seconds, not a training run.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
-
-from transformers import HfArgumentParser
 
 from ..errors import UserError, cli_guard
 from .arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
@@ -24,15 +23,43 @@ CHOICES = {
 }
 
 
+def build_parser():
+    """The ``run_dense.py`` parser: the three dataclasses plus Tevatron's ``--untie_encoder`` (tie_encoders=False)."""
+    from ..argparsing import BoolFlag, dataclass_parser
+
+    parser = dataclass_parser((ModelArguments, DataArguments, RetrievalTrainingArguments), prog="run_dense.py")
+    parser.add_argument("--untie_encoder", dest="tie_encoders", action=BoolFlag, invert=True, default=argparse.SUPPRESS,
+                        help="Tevatron: a separate key encoder (same as --tie_encoders false)")
+    return parser
+
+
 def parse_args(argv=None):
-    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
+    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses.
+
+    ``training_args.explicit_args`` is the frozenset of field names the user set (on the command line,
+    under any alias, or as keys of the file), so a task recipe can tell a chosen value from a default.
+    """
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loaded = parser.parse_json_file(argv[0]) if argv[0].endswith(".json") else parser.parse_yaml_file(argv[0])
+        explicit = _file_keys(argv[0])
+    else:
+        loaded = parser.parse_args_into_dataclasses(argv)
+        explicit = parser.explicit_dests(parser.normalise_argv(argv))
+    loaded[2].explicit_args = frozenset(explicit)
+    return loaded
+
+
+def _file_keys(path: str) -> frozenset[str]:
+    import json
+
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        return frozenset(json.loads(text))
+    import yaml
+
+    return frozenset(yaml.safe_load(text) or {})
 
 
 def check_choices(*arg_objects) -> None:
@@ -83,6 +110,23 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
     return corpus, train_dataset, eval_file, eval_corpus
 
 
+def apply_prefixes(model_args: ModelArguments, tasks) -> None:
+    """Tevatron's ``--query_prefix`` / ``--passage_prefix``: the instructions of every task, turned on."""
+    import dataclasses
+
+    from ..tasks import get_task, register_task
+
+    if not (model_args.query_prefix or model_args.passage_prefix):
+        return
+    for task in tasks:
+        recipe = get_task(task)
+        register_task(dataclasses.replace(
+            recipe, query_instruction=recipe.query_instruction if model_args.query_prefix is None else model_args.query_prefix,
+            key_instruction=recipe.key_instruction if model_args.passage_prefix is None else model_args.passage_prefix),
+            overwrite=True)
+    model_args.add_instruction = True
+
+
 def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tuple[str, str]]:
     """{task: (query instruction, key instruction)} stored with the saved model (empty without --add_instruction)."""
     from ..tasks import get_task
@@ -125,6 +169,9 @@ def build_trainer(model_args, data_args, training_args):
         lora_target_modules=model_args.lora_target_modules,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
+    if eval_file is not None:
+        tasks |= {eval_file.records[0].get("task", data_args.default_task)}
+    apply_prefixes(model_args, sorted(tasks))
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
