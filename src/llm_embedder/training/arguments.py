@@ -42,7 +42,7 @@ class ModelArguments:
     projection_out_dim: Optional[int] = arg(None, "Output size of the --add_pooler projection (default: hidden size).")
     cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ (Tevatron's and FlagEmbedding's --temperature is the same τ).",
                                  tevatron=["--temperature"])
-    add_instruction: bool = arg(False, "Prepend each task's LLM-Embedder query/key instructions.")
+    add_instruction: bool = arg(True, "Prepend each task's LLM-Embedder query/key instructions (as the reference; --add_instruction false trains without).")
     query_prefix: Optional[str] = arg(None, "Text put before every query (replaces the task instructions for queries; implies instructions on).")
     passage_prefix: Optional[str] = arg(None, "Text put before every key (replaces the task instructions for keys; implies instructions on).")
     task_config: Optional[str] = arg(None, "JSON/YAML file overriding task recipes or registering new tasks.")
@@ -87,8 +87,8 @@ class DataArguments:
     dataset_weights: Optional[list[float]] = arg(None, "Sampling weight per --train_data file in random mode.")
     max_sample_num: Optional[int] = arg(None, "Use at most N records of each training file (a recipe may set its own).")
     metrics: list[str] = arg(help="mrr recall ndcg map (nq needs answers).", default_factory=lambda: ["mrr", "recall", "ndcg"])
-    cutoffs: list[int] = arg(help="Metric cutoffs, space or comma separated.", default_factory=lambda: [1, 10, 100])
-    hits: int = arg(100, "Keys retrieved per query during evaluation.")
+    cutoffs: list[int] = arg(help="Metric cutoffs, space or comma separated.", default_factory=lambda: [1, 5, 10, 100])
+    hits: int = arg(200, "Keys retrieved per query during evaluation.")
     max_eval_queries: Optional[int] = arg(None, "Evaluate on the first N queries of --eval_data.")
     eval_corpus_subsample: Optional[int] = arg(None, "Cheaper eval: all positives + N seeded other corpus rows.")
     eval_on_groups: bool = arg(False, "Cheaper eval: rank each query's own pos+neg group (Trove-style).")
@@ -109,7 +109,8 @@ class RetrievalTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the loss options of LLM-Embedder (DESIGN.md §3)."""
 
     output_dir: Optional[str] = arg(None, "Where checkpoints, the final model and metrics.json go.")
-    contrastive_weight: float = arg(1.0, "α in α·contrastive + β·distill.")
+    contrastive_weight: float = arg(1.0, "α in α·contrastive + β·distill, applied as given (the reference: 0.2, ignored when contrastive is the only loss).",
+                                   reference=0.2)
     distill_weight: float = arg(1.0, "β in α·contrastive + β·distill (used where teacher_scores exist).")
     stable_distill: bool = arg(False, "Rank-aware stable distillation instead of KL.")
     stable_distill_positive_first: bool = arg(True, "Stable distillation: the labelled positive ranks first regardless of its teacher score.")
@@ -117,16 +118,21 @@ class RetrievalTrainingArguments(TrainingArguments):
     teacher_temperature: float = arg(1.0, "T_t: softmax(teacher / T_t).")
     student_temperature: float = arg(1.0, "T_s: softmax(s(q,k) / T_s) in KL distillation.")
     inbatch_negatives: bool = arg(True, "Other queries' keys are negatives in the contrastive loss.")
-    negative_cross_device: bool = arg(False, "Gather keys from all processes as negatives.",
+    negative_cross_device: bool = arg(True, "Gather keys from all processes as negatives (no effect in one process).",
                                       tevatron=["--negatives_x_device"], flagembedding=["--negatives_cross_device"])
     grad_cache: bool = arg(False, f"GradCache on; chunk sizes from --grad_cache_chunk_size, else Tevatron's {TEVATRON_GC_CHUNKS[1]}.")
     grad_cache_chunk_size: int = arg(0, "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off.",
                                      tevatron=["--gc_p_chunk_size", "--gc_q_chunk_size"])
     remove_unused_columns: bool = arg(False, "Kept False: batches are built by our collator.")
     report_to: Optional[list[str]] = arg(help="Integrations to report to.", default_factory=lambda: ["none"])
-    logging_steps: float = arg(10, "Log every N steps.")
-    save_strategy: str = arg("no", "no | steps | epoch (checkpoints for --resume_from_checkpoint).")
-    eval_strategy: str = arg("no", "no | steps | epoch; the final evaluation runs whenever --eval_data is set.")
+    logging_steps: float = arg(100, "Log every N steps.")
+    learning_rate: float = arg(5e-6, "AdamW learning rate.")
+    warmup_ratio: float = arg(0.1, "Fraction of the steps with linear warm-up.")
+    weight_decay: float = arg(0.01, "AdamW weight decay.")
+    save_steps: float = arg(500, "Save (and, with --eval_data, evaluate) every N steps; giving it turns on --save_strategy steps.")
+    save_strategy: str = arg("no", "no | steps | epoch (checkpoints for --resume_from_checkpoint); --save_steps alone means steps.",
+                              reference="steps")
+    eval_strategy: str = arg("no", "no | steps | epoch; follows --save_strategy when --eval_data is given; the final evaluation runs whenever --eval_data is set.")
 
     def __post_init__(self):
         if self.output_dir is None:

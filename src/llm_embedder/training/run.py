@@ -45,10 +45,42 @@ def parse_args(argv=None):
         loaded = parser.parse_json_file(argv[0]) if argv[0].endswith(".json") else parser.parse_yaml_file(argv[0])
         explicit = _file_keys(argv[0])
     else:
-        loaded = parser.parse_args_into_dataclasses(argv)
         explicit = parser.explicit_dests(parser.normalise_argv(argv))
+        namespace, _ = parser.parse_known_args(argv)
+        loaded = parser.parse_args_into_dataclasses(argv + implied_options(explicit, namespace))
     loaded[2].explicit_args = frozenset(explicit)
     return loaded
+
+
+def implied_options(explicit: frozenset[str], namespace) -> list[str]:
+    """Options the reference's behaviour implies: ``--save_steps N`` alone saves every N steps, and with
+    ``--eval_data`` evaluation follows the saving schedule (every ``save_steps``) unless set otherwise."""
+    extra = []
+    saving = getattr(namespace, "save_strategy", "no")
+    if "save_steps" in explicit and "save_strategy" not in explicit:
+        extra += ["--save_strategy", "steps"]
+        saving = "steps"
+    if getattr(namespace, "eval_data", None) and saving != "no" and "eval_strategy" not in explicit:
+        extra += ["--eval_strategy", str(saving)]
+        if saving == "steps" and "eval_steps" not in explicit:
+            extra += ["--eval_steps", str(namespace.save_steps)]
+    return extra
+
+
+def phases(data_args: DataArguments, training_args: RetrievalTrainingArguments) -> tuple[bool, bool]:
+    """``(train, evaluate)``: by default train when --train_data is given and evaluate when --eval_data is;
+    an explicit ``--do_train`` / ``--do_eval`` (Hugging Face's flags) selects the phases instead."""
+    explicit = getattr(training_args, "explicit_args", frozenset())
+    train, evaluate = bool(data_args.train_data), bool(data_args.eval_data)
+    if {"do_train", "do_eval"} & explicit:
+        train, evaluate = training_args.do_train, training_args.do_eval
+        if train and not data_args.train_data:
+            raise UserError("--do_train: needs --train_data (the files to train on)")
+        if evaluate and not data_args.eval_data:
+            raise UserError("--do_eval: needs --eval_data (the records to evaluate on)")
+        if not (train or evaluate):
+            raise UserError("--do_train / --do_eval: both false, nothing to do")
+    return train, evaluate
 
 
 def _file_keys(path: str) -> frozenset[str]:
@@ -195,16 +227,17 @@ def main(argv=None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.process_index == 0 else logging.WARNING)
+    train, evaluate = phases(data_args, training_args)
     trainer = build_trainer(model_args, data_args, training_args)
     from ..schema import write_json
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)
     metrics = {}
-    if trainer.train_dataset is not None:
+    if train and trainer.train_dataset is not None:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model(training_args.output_dir)
-    if trainer.evaluator is not None:
+    if evaluate and trainer.evaluator is not None:
         metrics = trainer.evaluate()
         if trainer.is_world_process_zero():
             logger.info("final retrieval metrics (%s corpus): %s", trainer.evaluator.mode,
