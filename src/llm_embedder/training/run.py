@@ -192,8 +192,10 @@ def build_trainer(model_args, data_args, training_args):
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    from ..resources import resolve_encoder
+
     encoder = DenseEncoder.from_pretrained(
-        model_args.model_name_or_path, pooling_method=model_args.pooling_method, normalize=model_args.normalize,
+        resolve_encoder(model_args.model_name_or_path, cache=model_args.cache_dir), pooling_method=model_args.pooling_method, normalize=model_args.normalize,
         query_max_length=model_args.query_max_length, key_max_length=model_args.key_max_length,
         tie_encoders=model_args.tie_encoders, add_pooler=model_args.add_pooler,
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
