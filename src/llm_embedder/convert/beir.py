@@ -379,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more qrels (BEIR TSV or TREC) merged into SPLIT, e.g. train=mined_negatives.tsv")
     p.add_argument("--negatives_from", default=None, metavar="PATH",
                    help="schema file whose neg_ids (or neg_index) are added as negatives, matched by query_id")
-    p.add_argument("--task", default=None, help="write this task name into every record (e.g. qa)")
+    p.add_argument("--task", default="qa",
+                   help="task name written into every record and the sidecar; it picks the LM-scoring template "
+                        "(run_lm_score.py --template auto), the instructions and the loss recipe (default qa)")
     p.add_argument("--write_corpus", action="store_true",
                    help="copy corpus.jsonl to {output_dir}/corpus.json and point the records at the copy")
     return p

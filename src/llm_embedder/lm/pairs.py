@@ -101,8 +101,8 @@ def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = N
         if fixed is not None:
             tmpl = fixed
         elif not record.get("task"):
-            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task "
-                            "(or pass --template NAME)")
+            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task: "
+                            "write one into the rows (llm-embedder convert beir --task qa) or pass --template NAME")
             continue
         else:
             try:

@@ -26,7 +26,7 @@ from ..schema import derived_path, meta_path, read_records, sidecar_corpus, writ
 from . import distributed as dist_utils
 from .checkpoint import PartialScores, remove_partial
 from .loading import load_model, load_tokenizer, local_lm_dir
-from .pairs import AUTO, ScoringPlan, build_plan
+from .pairs import AUTO, ScoringPlan, build_plan, plan_rows
 from .scorer import LMScorer, pack_batches
 from .templates import template_names
 
@@ -166,6 +166,8 @@ def run(args: argparse.Namespace) -> Path | None:
         raise UserError("--key_template: formats corpus rows, but there is no --corpus")
     corpus = load_corpus(corpus_path, args.key_template) if corpus_path else None
     rf = read_records(args.eval_data, purpose="score", corpus_size=len(corpus) if corpus else None)
+    # every row-level check (task, keys, answers for the template) before the LM is located or converted
+    plan_rows(rf, template=args.template, corpus=corpus, max_queries=args.max_queries, max_keys=args.max_keys)
     output = derived_path(rf.path, "scored", args.save_name, args.output_dir)
     rank, world = dist_utils.setup()
     try:
