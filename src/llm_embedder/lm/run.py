@@ -24,6 +24,7 @@ from ..corpus import load_corpus
 from ..errors import UserError, cli_guard
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
+from .api import ANSWER_POLICIES, teacher_scores_from_pairs as aggregate
 from .checkpoint import PartialScores, remove_partial
 from .loading import load_model, load_tokenizer, local_lm_dir
 from .pairs import AUTO, ScoringPlan, build_plan, plan_rows
@@ -31,15 +32,24 @@ from .scorer import LMScorer, pack_batches
 from .templates import template_names
 
 NORMALISATION = "mean log-probability per answer token"
-ANSWER_POLICIES = ("mean", "max")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default to show: not for None, False or when the help
+    text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_lm_score.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--eval_data", required=True, help="schema file to score (llm-embedder:... paths allowed)")
     p.add_argument("--corpus", help="JSONL corpus that pos_index/neg_index refer to "
-                   "(default: the corpus named in the file's .meta.json sidecar, if any)")
+                   "(default: the corpus named in the file's .meta.json sidecar, if any; none otherwise)")
     p.add_argument("--key_template", help="format of a corpus row as key text, e.g. '{title} {text}'")
     p.add_argument("--model_name_or_path", default="smollm2", help="causal LM: alias (smollm2) or local HF folder")
     p.add_argument("--save_name", required=True, help="output is {name}.scored.{save_name}.json")
@@ -80,15 +90,6 @@ def check_max_length(folder: Path, max_length: int) -> None:
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_length > positions:
         raise UserError(f"--max_length: {max_length} exceeds the LM's {positions} positions ({folder / 'config.json'})")
-
-
-def aggregate(plan: ScoringPlan, pair_scores: list[float], policy: str) -> list[list[float]]:
-    """Per row, per key: the answer policy applied to the key's per-answer scores."""
-    combine = {"mean": lambda xs: sum(xs) / len(xs), "max": max}[policy]
-    per_key: list[list[list[float]]] = [[[] for _ in rp.keys] for rp in plan.row_plans]
-    for pair, score in zip(plan.pairs, pair_scores):
-        per_key[pair.row][pair.key].append(score)
-    return [[combine(answers) for answers in row] for row in per_key]
 
 
 def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Path, corpus, seconds: float,
