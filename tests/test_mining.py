@@ -118,6 +118,15 @@ def test_collate_neg_cli_writes_the_derived_file(tmp_path, data_dir, bm25_cache,
     summary = json.loads((tmp_path / "train.eval.bm25s.json").read_text())
     assert summary["mining"]["rows"] == 15 and summary["mining"]["teacher_scores_removed"] == 1
     assert summary["outputs"]["negatives"] == str(out) and "recall@10" in summary["metrics"]
+    # the sidecar names the corpus, so validate checks the mined rows and LM scoring needs no --corpus
+    from llm_embedder.schema import meta_path, sidecar_corpus
+    from llm_embedder.validate import main as validate_main
+
+    meta = json.loads(meta_path(out).read_text())
+    assert sidecar_corpus(out) == corpus.resolve() and meta["corpus_rows"] == 5183
+    assert meta["key_template"] == "{title} {text}" and meta["counts"]["negatives"] == summary["mining"]["negatives"]
+    assert meta["retrieval"]["retrieval_method"] == "bm25" and meta["mined_from"] == "train.json"
+    assert validate_main([str(out), "--purpose", "train"]) == 0
 
 
 def test_stale_key_aligned_fields_of_the_old_negatives_are_dropped():

@@ -19,10 +19,12 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 from ..corpus import Corpus
 from ..errors import UserError
-from ..schema import KEY_ALIGNED_FIELDS, RecordFile, raise_if_errors, uses_history
+from ..schema import KEY_ALIGNED_FIELDS, RecordFile, raise_if_errors, uses_history, validate_records
 from .templates import LMTemplate, get_template, template_for_task
 from .tokens import fit_pair, special_prefix, split_pairs
 
@@ -93,9 +95,21 @@ def _key_texts(record: dict, side: str, corpus: Corpus | None, where: str, probl
     return [corpus.texts[i] for i in rows]
 
 
-def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = None,
+def as_record_file(records: RecordFile | Sequence[dict], corpus: Corpus | None = None) -> RecordFile:
+    """A :class:`RecordFile` as is; a list of records checked like a file (``<records>:N`` in messages)."""
+    if isinstance(records, RecordFile):
+        return records
+    if isinstance(records, dict) or not all(isinstance(r, dict) for r in records):
+        raise TypeError("records: expected a RecordFile or a list of dicts")
+    rf = RecordFile(Path("<records>"), list(records))
+    raise_if_errors(validate_records(rf, purpose="score", corpus_size=len(corpus) if corpus is not None else None))
+    return rf
+
+
+def plan_rows(rf: RecordFile | Sequence[dict], *, template: str = AUTO, corpus: Corpus | None = None,
               max_queries: int | None = None, max_keys: int | None = None) -> tuple[list[dict], list[RowPlan]]:
     """Check every row and decide its keys, template and targets; raise one UserError listing all problems."""
+    rf = as_record_file(rf, corpus)
     records = rf.records[:max_queries] if max_queries else rf.records
     fixed = None if template == AUTO else get_template(template)
     problems: list[str] = []
@@ -105,8 +119,8 @@ def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = N
         if fixed is not None:
             tmpl = fixed
         elif not record.get("task"):
-            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task "
-                            "(or pass --template NAME)")
+            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task: "
+                            "write one into the rows (llm-embedder convert beir --task qa) or pass --template NAME")
             continue
         else:
             try:
@@ -180,10 +194,12 @@ def truncate_keys(tokenizer, keys: list[str], key_max_length: int) -> tuple[dict
     return out, cut
 
 
-def build_plan(rf: RecordFile, tokenizer, *, template: str = AUTO, corpus: Corpus | None = None,
+def build_plan(rf: RecordFile | Sequence[dict], tokenizer, *, template: str = AUTO, corpus: Corpus | None = None,
                max_length: int = 1024, key_max_length: int = 256, max_queries: int | None = None,
                max_keys: int | None = None) -> ScoringPlan:
-    """Rows and tokenised pairs for a record file; all input errors are raised before any scoring."""
+    """Rows and tokenised pairs for a record file (or a list of records); all input errors are raised before
+    any scoring."""
+    rf = as_record_file(rf, corpus)
     rows, plans = plan_rows(rf, template=template, corpus=corpus, max_queries=max_queries, max_keys=max_keys)
     cut_keys, n_cut_keys = truncate_keys(tokenizer, [k for p in plans for k in p.keys], key_max_length)
 

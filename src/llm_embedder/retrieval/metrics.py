@@ -161,23 +161,17 @@ def evaluate_run(run: Run, qrels: Qrels, metrics: Iterable[str], cutoffs: Iterab
 
 def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "llm-embedder") -> Path:
     """Write a run as a TREC run file (ranks 1.. in trec_eval's order), atomically."""
-    import tempfile
+    from ..schema import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"run tag must be one word, got {tag!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for qid, docs in run.items():
-                for rank, docid in enumerate(ranked_docids(docs), 1):
-                    out.write(f"{qid} Q0 {docid} {rank} {float(docs[docid])!r} {tag}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    def write(out):
+        for qid, docs in run.items():
+            for rank, docid in enumerate(ranked_docids(docs), 1):
+                out.write(f"{qid} Q0 {docid} {rank} {float(docs[docid])!r} {tag}\n")
+
+    return atomic_write(path, write)
 
 
 def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -126,3 +127,18 @@ def mine_negatives(records: Sequence[dict], rows: np.ndarray, corpus: Corpus, ma
     logger.info("mined %d negatives for %d records (%d positives and %d answer-bearing keys skipped)",
                 stats.negatives, stats.rows, stats.positives_skipped, stats.answer_keys_skipped)
     return out, stats
+
+
+def write_mined_sidecar(mined_path: Path, source: Path, corpus: Corpus, key_template: str | None, stats: MiningStats,
+                        retrieval: dict) -> Path:
+    """``{name}.neg.{save_name}.meta.json`` beside the mined file: the corpus its ``neg_index`` rows point at
+    (so ``validate`` checks them and LM scoring finds the corpus without ``--corpus``), the source file, the
+    retrieval settings and the mining counts."""
+    from ..convert.beir import portable_path
+    from ..schema import meta_path, write_json
+
+    folder = Path(mined_path).parent
+    meta = {"mined_from": portable_path(source, folder), "records": Path(mined_path).name,
+            "corpus": portable_path(corpus.path, folder), "corpus_rows": len(corpus), "key_template": key_template,
+            "retrieval": retrieval, "counts": stats.as_dict()}
+    return write_json(meta_path(mined_path), meta)

@@ -27,6 +27,7 @@ from ..loss_settings import LOSS_SETTINGS
 from ..modeling.losses import LossParams
 from ..schema import write_json
 from .model import EmbedderModel, task_losses
+from .train_log import TrainLogCallback
 
 TRAINING_STATE = "llm_embedder_training_state.safetensors"
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class EmbedderTrainer(Trainer):
             model = EmbedderModel(model, loss_params_from_args(args), task_losses(recipes, args.negative_cross_device),
                                   grad_cache_chunk_size=getattr(args, "grad_cache_chunk_size", 0))
         super().__init__(model=model, args=args, **kwargs)
+        self.add_callback(TrainLogCallback())  # train_log.jsonl: per-task losses at every logging step
         self.evaluator = evaluator
         self.sampler_mode = sampler_mode
         self.dataset_weights = dataset_weights
