@@ -52,6 +52,7 @@ TRAIN_PEER_FLAGS = {
     "--dataset_path": ("x.json", "train_data", ["x.json"]),
     "--train_dir": ("x.json", "train_data", ["x.json"]),
     "--cache_dir": ("/tmp/hf", "cache_dir", "/tmp/hf"),
+    "--append_eos_token": (None, "append_eos", True),
     "--tokenizer_name": ("minilm", "tokenizer_name", "minilm"),
 }
 

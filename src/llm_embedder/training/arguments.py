@@ -52,6 +52,8 @@ class ModelArguments:
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     lora_target_modules: Optional[list[str]] = arg(None, "Module names LoRA adapts, space or comma separated "
                                                    "(default: peft's choice for the architecture, query/value for BERT).")
+    append_eos: Optional[bool] = arg(None, "End every query and key with the tokenizer's EOS token (for last-token pooling on "
+                                     "decoders; default: the saved model's setting, else off).", tevatron=["--append_eos_token"])
     tokenizer_name: Optional[str] = arg(None, "Tokenizer folder or name; must be the model's own (the tokenizer is saved with the model).")
     cache_dir: Optional[str] = arg(None, "Hugging Face cache folder for models given by hub id (default: $HF_HUB_CACHE).")
 
