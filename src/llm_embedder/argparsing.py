@@ -125,12 +125,22 @@ def _is_option(token: str) -> bool:
         return True
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default to show: not for None, False or when the help
+    text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(_OneLineErrors, argparse.ArgumentParser):
     """``argparse.ArgumentParser`` without prefix matching, with comma lists and one-line errors."""
 
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
 

@@ -163,7 +163,7 @@ def validate_args(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .evaluate import (_check_hits, check_answers, dense_topk, positive_rows, query_ids, score_topk,
                            subsample_label, subsample_rows)
-    from .mining import check_mining_args, mine_negatives
+    from .mining import check_mining_args, mine_negatives, write_mined_sidecar
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                                       filter_answers=args.filter_answers)
         neg_path = derived_path(rf.path, "neg", save_name, args.output_dir)
         write_records(neg_path, mined)
+        retrieval = {k: getattr(args, k) for k in ("retrieval_method", "query_encoder", "bm25_backend", "hits",
+                                                   "max_neg_num", "neg_start", "filter_answers")}
+        write_mined_sidecar(neg_path, rf.path, corpus, args.key_template, stats, retrieval)
         outputs["negatives"] = str(neg_path)
         summary["mining"] = stats.as_dict()
         print(f"wrote {neg_path} ({stats.rows} rows, {stats.negatives} negatives, "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -81,24 +80,21 @@ def check_shards(metas: list[dict], paths: list[str]) -> None:
 
 
 def write_run(path: Path, qids: list[str], ids: list[str], scores: np.ndarray, rows: np.ndarray, fmt: str, tag: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for qid, s_row, r_row in zip(qids, scores, rows):
-                rank = 0
-                for s, r in zip(s_row, r_row):
-                    if r < 0:
-                        continue
-                    rank += 1
-                    if fmt == "tsv":
-                        out.write(f"{qid}\t{ids[r]}\t{float(s)!r}\n")
-                    else:
-                        out.write(f"{qid} Q0 {ids[r]} {rank} {float(s)!r} {tag}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..schema import atomic_write
+
+    def write(out):
+        for qid, s_row, r_row in zip(qids, scores, rows):
+            rank = 0
+            for s, r in zip(s_row, r_row):
+                if r < 0:
+                    continue
+                rank += 1
+                if fmt == "tsv":
+                    out.write(f"{qid}\t{ids[r]}\t{float(s)!r}\n")
+                else:
+                    out.write(f"{qid} Q0 {ids[r]} {rank} {float(s)!r} {tag}\n")
+
+    atomic_write(path, write)
 
 
 @cli_guard
