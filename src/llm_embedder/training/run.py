@@ -216,7 +216,7 @@ def build_trainer(model_args, data_args, training_args):
         tie_encoders=model_args.tie_encoders, add_pooler=model_args.add_pooler,
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        lora_target_modules=model_args.lora_target_modules,
+        lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
