@@ -58,7 +58,11 @@ def dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str, kind
 
 @cli_guard
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(SUBCOMMANDS, list(sys.argv[1:] if argv is None else argv), "llm-embedder", "command")
+    from .noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)  # --verbose anywhere on the line; LLM_EMBEDDER_VERBOSE=1 tells the subcommand too
+    return dispatch(SUBCOMMANDS, argv, "llm-embedder", "command", hint="   (--verbose: show third-party startup messages)")
 
 
 if __name__ == "__main__":
