@@ -25,6 +25,12 @@ from .resources import resolve_data_path
 TEXT_LIST_FIELDS = ("pos", "neg", "history", "answers")
 INDEX_LIST_FIELDS = ("pos_index", "neg_index")
 ID_LIST_FIELDS = ("pos_ids", "neg_ids")
+# per side, every field that holds one item per key of that side (the key texts first): cut together by
+# run_lm_score --max_keys, dropped or recomputed together when mining replaces the negatives. icl rows carry
+# per-key LM scores (pos_scores, neg_score); converted and mined rows carry the original doc ids.
+KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_ids", "pos_scores"),
+                      "neg": ("neg", "neg_index", "neg_ids", "neg_score", "neg_scores"),
+                      "history": ("history",)}
 MAX_REPORTED_ERRORS = 50
 PROGRESS_MIN_BYTES = 64 << 20  # files larger than this show a tqdm bar while they are parsed
 

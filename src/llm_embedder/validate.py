@@ -14,13 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 from .corpus import Corpus, load_corpus
+from .argparsing import ArgParser
 from .errors import UserError, cli_guard
 from .resources import resolve_data_path
 from .schema import PURPOSES, file_problems, parse_json_file, sidecar_corpus, RecordFile
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-embedder validate",
+    p = ArgParser(prog="llm-embedder validate",
                                 description="Check schema files and report every problem as file:line: field: what.")
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL (or JSON array) record files")
     p.add_argument("--purpose", choices=PURPOSES, default="any",

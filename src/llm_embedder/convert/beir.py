@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..corpus import ids_to_rows, read_corpus_ids
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from ..resources import DATA_PREFIX, data_root, resolve_data_path
 from ..schema import (copy_atomic, meta_path, raise_if_errors, read_json_objects, read_records, validate_record,
@@ -360,7 +361,7 @@ def _grade_arg(text: str) -> int | float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="llm-embedder convert beir",
         description="Convert a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) into schema records "
                     "{output_dir}/{split}.json that point at corpus rows, plus a {split}.meta.json sidecar.")

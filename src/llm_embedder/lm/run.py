@@ -21,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..corpus import load_corpus
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
@@ -34,25 +35,15 @@ from .templates import template_names
 NORMALISATION = "mean log-probability per answer token"
 
 
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` only where there is a default to show: not for None, False or when the help
-    text already says it."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_lm_score.py", description=__doc__.splitlines()[0],
-                                formatter_class=DefaultsHelpFormatter)
+    p = ArgParser(prog="run_lm_score.py", description=__doc__.splitlines()[0])
     p.add_argument("--eval_data", required=True, help="schema file to score (llm-embedder:... paths allowed)")
     p.add_argument("--corpus", help="JSONL corpus that pos_index/neg_index refer to "
                    "(default: the corpus named in the file's .meta.json sidecar, if any; none otherwise)")
     p.add_argument("--key_template", help="format of a corpus row as key text, e.g. '{title} {text}'")
     p.add_argument("--model_name_or_path", default="smollm2", help="causal LM: alias (smollm2) or local HF folder")
-    p.add_argument("--save_name", required=True, help="output is {name}.scored.{save_name}.json")
+    p.add_argument("--save_name", default=None,
+                   help="output is {name}.scored.{save_name}.json (default: the LM's alias or folder name, e.g. smollm2)")
     p.add_argument("--output_dir", help="folder for the output (default: next to --eval_data)")
     p.add_argument("--template", default=AUTO, choices=[AUTO, *template_names()],
                    help="prompt template; auto picks each row's task's template")
@@ -81,6 +72,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--token_budget ({args.token_budget}) must be at least --max_length ({args.max_length})")
     if args.save_every < 0:
         raise UserError(f"--save_every: must be 0 (never) or positive, got {args.save_every}")
+    if args.save_name is None:
+        args.save_name = Path(str(args.model_name_or_path).rstrip("/")).name
     if not args.save_name.strip() or "/" in args.save_name:
         raise UserError(f"--save_name: '{args.save_name}' must be a non-empty name without '/'")
 
