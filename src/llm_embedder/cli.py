@@ -53,7 +53,8 @@ def dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str, kind
         where = prog.split(" ", 1)[1] + ": " if " " in prog else ""
         raise UserError(f"{where}unknown {kind} '{name}' (known: {', '.join(sorted(table))})")
     module_name, func_name = table[name][0].split(":")
-    return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
+    result = getattr(importlib.import_module(module_name), func_name)(rest)
+    return result if isinstance(result, int) else 0  # run_dense's main returns its metrics: success
 
 
 @cli_guard
