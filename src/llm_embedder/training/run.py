@@ -242,6 +242,10 @@ def build_trainer(model_args, data_args, training_args):
 
 @cli_guard
 def main(argv=None) -> dict:
+    from ..noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)  # before transformers' Trainer imports datasets and deepspeed
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.process_index == 0 else logging.WARNING)
