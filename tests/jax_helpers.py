@@ -34,3 +34,20 @@ def max_abs_diff(a, b) -> tuple[float, float]:
 
     diffs = jax.tree_util.tree_map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)
     return max(jax.tree_util.tree_leaves(diffs)), max(float(np.abs(np.asarray(x)).max()) for x in jax.tree_util.tree_leaves(a))
+
+
+def enable_compilation_cache() -> None:
+    """Reuse compiled XLA programs across runs and tests (repeated builds of the same step compile once)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(REPO / ".cache" / "jax-test-compilation"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def train_args(model_dir, output_dir, *extra: str) -> list[str]:
+    """Command-line arguments of a small run on the toy qa (teacher-scored) and tool (unscored) files."""
+    return ["--model_name_or_path", str(model_dir), "--train_data", str(TOY_QA), str(TOY_QA.parent / "tool.json"),
+            "--train_group_size", "3", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+            "--query_max_length", str(LENGTHS["query"]), "--key_max_length", str(LENGTHS["key"]),
+            "--learning_rate", "1e-3", "--warmup_steps", "1", "--logging_steps", "1", "--seed", "5",
+            "--output_dir", str(output_dir), *extra]

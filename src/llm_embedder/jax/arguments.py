@@ -18,7 +18,7 @@ SHARED_TRAINING_FIELDS = (
     "output_dir", "overwrite_output_dir", "per_device_train_batch_size", "per_device_eval_batch_size",
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "gradient_accumulation_steps", "seed",
-    "data_seed", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
+    "data_seed", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
     "contrastive_weight", "distill_weight", "stable_distill", "stable_distill_positive_first", "distill_loss",
     "teacher_temperature", "student_temperature", "inbatch_negatives", "negative_cross_device",
 )

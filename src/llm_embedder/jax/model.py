@@ -132,13 +132,22 @@ class Layer(nnx.Module):
         return self.output(self.intermediate(h), h, row_keys, salt + 2)
 
 
+def _run_layer(layer, x, mask, row_keys, salt):
+    return layer(x, mask, row_keys, salt)
+
+
+_remat_layer = nnx.remat(_run_layer, static_argnums=(4,))
+
+
 class Encoder(nnx.Module):
     def __init__(self, c: BertConfig, rngs: nnx.Rngs):
         self.layer = nnx.List([Layer(c, rngs) for _ in range(c.num_hidden_layers)])
+        self.gradient_checkpointing = False  # recompute each layer in backward (--gradient_checkpointing)
 
     def __call__(self, x, mask, row_keys):
+        run = _remat_layer if self.gradient_checkpointing else _run_layer
         for i, layer in enumerate(self.layer):
-            x = layer(x, mask, row_keys, 1 + 3 * i)
+            x = run(layer, x, mask, row_keys, 1 + 3 * i)
         return x
 
 
@@ -185,6 +194,12 @@ class DualEncoder(nnx.Module):
         self.pooling_method = check_pooling(pooling_method)
         self.normalize = normalize
         self.config = config
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Keep only each layer's input for backward and recompute the rest (activation memory of one layer)."""
+        for tower in (self.query_model, self.key_model):
+            if tower is not None:
+                tower.encoder.gradient_checkpointing = bool(enabled)
 
     @property
     def tie_encoders(self) -> bool:

@@ -106,6 +106,7 @@ def build(model_args, data_args, args) -> Run:
                           normalize=model_args.normalize, query_max_length=model_args.query_max_length,
                           key_max_length=model_args.key_max_length, tie_encoders=model_args.tie_encoders,
                           seed=args.seed)
+    loaded.model.set_gradient_checkpointing(args.gradient_checkpointing)
     tasks = sorted({data_args.default_task} | set(dataset.tasks))
     tokenizer = BucketTokenizer(loaded.tokenizer, {"query": loaded.settings["query_max_length"],
                                                    "key": loaded.settings["key_max_length"]})
