@@ -114,7 +114,7 @@ def test_random_negatives_are_deterministic_per_epoch_and_change_between_epochs(
     ds = TrainDataset([path], train_group_size=6, seed=3)
     fresh = TrainDataset([path], train_group_size=6, seed=3)
     for i in range(4):
-        assert ds[(2, i)] == ds[(2, i)] == fresh[(2, i)]
+        assert ds[(2, i)] == fresh[(2, i)]  # a second dataset (as a dataloader worker or rank holds) agrees
         negatives = ds[(2, i)]["keys"][1:]
         assert len(set(negatives)) == 5  # without replacement when there are enough
     assert any(ds[(0, i)]["keys"] != ds[(1, i)]["keys"] for i in range(4))
@@ -157,7 +157,19 @@ def test_rows_without_negatives_get_random_corpus_rows_but_never_their_positive(
             item = ds[(epoch, i)]
             assert item["keys"][0] == f"doc {i}" and f"doc {i}" not in item["keys"][1:]
             assert len(set(item["keys"][1:])) == 7 and item["teacher_scores"] is None
-    assert ds[(0, 0)] == ds[(0, 0)] and ds[(0, 0)] != ds[(1, 0)]
+    again = TrainDataset([write(tmp_path, "b.json", records)], corpus=corpus, train_group_size=8, default_task="qa")
+    assert ds[(0, 0)] == again[(0, 0)] and ds[(0, 0)] != ds[(1, 0)]
+
+
+def test_random_negatives_exclude_a_positive_given_as_text(tmp_path):
+    """A positive given as text (not as a row) is still a corpus row: it must not come back as a negative,
+    nor may a copy of it under another row (same text up to case and spacing, as mining compares)."""
+    corpus = Corpus.from_texts(["the answer", "The  Answer", "x", "y", "z"])
+    record = {"query": "q", "pos": ["the answer"]}
+    ds = TrainDataset([write(tmp_path, "a.json", [record])], corpus=corpus, train_group_size=4, default_task="qa")
+    for epoch in range(20):
+        keys = ds[(epoch, 0)]["keys"]
+        assert keys[0] == "the answer" and sorted(keys[1:]) == ["x", "y", "z"], keys
 
 
 def test_corpus_rows_become_texts(tmp_path):
@@ -238,11 +250,11 @@ def test_records_without_task_get_the_default_task(tmp_path):
 
 
 def test_recipe_beats_the_command_line_and_task_config_beats_the_recipe(tmp_path, registry):
-    record, _ = scored_row("q", [0.0], [1.0, 5.0, 2.0], task="icl")
+    record, _ = scored_row("q", [0.0, 0.1], [1.0, 5.0, 2.0], task="icl")
     path = write(tmp_path, "icl.json", [record])
-    ds = TrainDataset([path], train_group_size=2, select_positive="teacher")  # icl recipe: random
+    ds = TrainDataset([path], train_group_size=2)  # icl recipe: random
     assert ds.recipes[0].select_positive == "random" and ds.recipes[0].source("select_positive") == "recipe"
-    assert ds[0]["keys"][0] == "q-p0"  # random among the labelled positives (only one here)
+    assert {ds[(e, 0)]["keys"][0] for e in range(20)} == {"q-p0", "q-p1"}  # random among the labelled positives
     config = tmp_path / "tasks.json"
     config.write_text(json.dumps({"icl": {"select_positive": "teacher"}}))
     tasks.load_task_config(config)

@@ -66,7 +66,7 @@ def ref_margin_mse(q, k, t, G, tau, t_t, t_s):
     return sum(errors) / len(errors)
 
 
-def ref_stable(q, k, t, G, tau, t_t, positive_first=True):
+def ref_stable(q, k, t, G, tau, t_t, positive_first=True, inbatch=True):
     q, k, t = q.tolist(), k.tolist(), t.tolist()
     B = len(q)
     total = 0.0
@@ -79,7 +79,8 @@ def ref_stable(q, k, t, G, tau, t_t, positive_first=True):
             order = sorted(positions, key=lambda j: -t[b][j])
         for i, pos in enumerate(order):
             excluded = {b * G + earlier for earlier in order[:i]}
-            candidates = [c for c in range(B * G) if c not in excluded]
+            pool = range(B * G) if inbatch else range(b * G, (b + 1) * G)
+            candidates = [c for c in pool if c not in excluded]
             logits = [_dot(q[b], k[c]) / tau for c in candidates]
             total += w[pos] * _neg_log_softmax_at(logits, candidates.index(b * G + pos)) / B
     return total
@@ -236,6 +237,21 @@ def test_stable_distill_matches_loop(B, G, D, positive_first, t_t):
     got = stable_distill_loss(q, k, t, G, cos_temperature=0.2, teacher_temperature=t_t,
                               positive_first=positive_first).item()
     assert got == pytest.approx(ref_stable(q, k, t, G, 0.2, t_t, positive_first), rel=1e-10)
+
+
+@pytest.mark.parametrize("B,G,D", SHAPES)
+def test_stable_distill_without_inbatch_negatives_ranks_each_query_s_own_keys(B, G, D):
+    q, k, t = _batch(B, G, D, seed=B * G + D)
+    got = stable_distill_loss(q, k, t, G, cos_temperature=0.5, inbatch_negatives=False).item()
+    assert got == pytest.approx(ref_stable(q, k, t, G, 0.5, 1.0, inbatch=False), rel=1e-10)
+    assert got != pytest.approx(ref_stable(q, k, t, G, 0.5, 1.0, inbatch=True), rel=1e-6)  # guard: the option matters
+
+
+def test_compute_loss_inbatch_option_reaches_stable_distillation():
+    q, k, t = _batch(2, 3, 4, seed=8)
+    params = LossParams(contrastive_weight=0.0, stable_distill=True, inbatch_negatives=False, cos_temperature=0.5)
+    got = compute_loss(q, k, t, 3, params)["loss"].item()
+    assert got == pytest.approx(ref_stable(q, k, t, 3, 0.5, 1.0, inbatch=False), rel=1e-10)
 
 
 def test_stable_distill_positive_first_changes_the_value_when_the_positive_is_not_top():

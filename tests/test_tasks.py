@@ -87,7 +87,8 @@ def test_cli_object_attributes_and_none_mean_not_given():
 
 
 def test_recipe_defaults_match_the_command_line_defaults():
-    arguments = pytest.importorskip("llm_embedder.training.arguments")
+    from llm_embedder.training import arguments
+
     fields = {f.name: f.default for cls in (arguments.DataArguments, arguments.RetrievalTrainingArguments)
               for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     for name, value in RECIPE_DEFAULTS.items():

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..corpus import Corpus, load_corpus
 from ..errors import UserError
 from ..resources import resolve_data_path
+from ..retrieval.mining import normalize_text
 from ..schema import RecordFile, raise_if_errors, read_records, sidecar_corpus, uses_history, validate_records
 from ..tasks import ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
 
@@ -81,6 +82,7 @@ class _Row:
     pos_scores: list | None
     negatives: list  # empty = draw random corpus rows (files without teacher scores only)
     neg_scores: list | None
+    excluded: tuple = ()  # corpus rows never drawn as random negatives: the positives, by row and by text
 
 
 @dataclass
@@ -154,6 +156,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.args = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
         self.corpus = corpus
         self._corpora: dict[Path, Corpus] = {corpus.path.resolve(): corpus} if corpus is not None and corpus.path else {}
+        self._text_rows: dict[int, dict[str, list[int]]] = {}  # per corpus: normalised text -> rows
         self.seed = int(self.args.seed)
         if self.args.default_task is not None and self.args.default_task not in known_tasks():
             raise UserError(f"--default_task: unknown task '{self.args.default_task}' (known: {', '.join(known_tasks())}; add one with --task_config)")
@@ -291,6 +294,7 @@ class TrainDataset(torch.utils.data.Dataset):
             report["below_teacher_scores_margin"], report["over_max_sample_num"])
         if any(not r.negatives for r in rows) and group_size > 1 and corpus is not None:
             logger.info("%s: records without negatives get random corpus rows as negatives", rf.path)
+            self._exclude_positive_rows(rows, corpus)
         return _TrainFile(rf.path, task, recipe, rows, has_scores, corpus), report
 
     def _prepare_row(self, rf: RecordFile, i: int, record: dict, task: str, recipe: ResolvedRecipe,
@@ -335,11 +339,29 @@ class TrainDataset(torch.utils.data.Dataset):
                 errors.append(f"{where}: neg: no negatives and no --corpus to draw random ones from "
                               "(mine some with eval_retrieval --metrics collate_neg, or --train_group_size 1)")
                 return None
-            if len(corpus) <= len([p for p in positives if isinstance(p, int)]):
+            if len(corpus) <= len(self._positive_rows(positives, corpus)):
                 errors.append(f"{where}: neg: no negatives and the corpus has no row besides the positives")
                 return None
         query_id = record.get("query_id", rf.lines[i] if rf.lines else i + 1)
         return _Row(record["query"], query_id, positives, pos_scores, neg, neg_scores)
+
+    def _positive_rows(self, positives: list, corpus: Corpus) -> set[int]:
+        """Corpus rows that hold a positive: its own row, and every row with the same text (up to case
+        and spacing, as mining compares), so a positive given as text is excluded too."""
+        index = self._text_rows.get(id(corpus))
+        if index is None:
+            index = self._text_rows[id(corpus)] = {}
+            for j, text in enumerate(corpus.texts):
+                index.setdefault(normalize_text(text), []).append(j)
+        rows = {p for p in positives if isinstance(p, int)}
+        for p in positives:
+            rows.update(index.get(normalize_text(self._text(p, corpus)), ()))
+        return rows
+
+    def _exclude_positive_rows(self, rows: list[_Row], corpus: Corpus) -> None:
+        for row in rows:
+            if not row.negatives:
+                row.excluded = tuple(sorted(self._positive_rows(row.positives, corpus)))
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -424,8 +446,8 @@ class TrainDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _random_corpus_negatives(row: _Row, n_neg: int, rng: np.random.Generator, corpus: Corpus) -> list[int]:
-        """``n_neg`` distinct random corpus rows that are not among the row's positives (repeats if the corpus is tiny)."""
-        excluded = {p for p in row.positives if isinstance(p, int)}
+        """``n_neg`` distinct random corpus rows that hold no positive (repeats if the corpus is tiny)."""
+        excluded = set(row.excluded)
         size = len(corpus)
         available = size - len(excluded)
         want = min(n_neg + len(excluded), size)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..resources import resolve_encoder
-from ..schema import write_json
+from ..schema import default_permissions, write_json
 from .pooling import available_poolings, get_pooling, pool
 
 logger = logging.getLogger(__name__)
@@ -497,6 +497,7 @@ class DenseEncoder(nn.Module):
             if not self.tie_encoders:
                 self._write_tower(staging / KEY_ENCODER_DIR, "key", instructions)
             write_json(staging / SETTINGS_FILE, self._settings_record(instructions))
+            default_permissions(staging)  # mkdtemp is 0700 and safetensors writes 0600
             _publish(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

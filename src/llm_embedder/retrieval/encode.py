@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -35,17 +34,9 @@ SETTING_NAMES = ("pooling_method", "normalize", "query_max_length", "key_max_len
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """``np.save`` to a temp file in the same folder, then rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.save(out, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..schema import atomic_write
+
+    return atomic_write(path, lambda out: np.save(out, np.ascontiguousarray(array), allow_pickle=False), binary=True)
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:

@@ -12,6 +12,7 @@ What it changes in ``Trainer`` and why:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -24,8 +25,10 @@ from transformers import Trainer
 from ..modeling.losses import LossParams
 from ..schema import write_json
 from .model import EmbedderModel, task_loss_params
+from .train_log import TrainLogCallback
 
 TRAINING_STATE = "llm_embedder_training_state.safetensors"
+logger = logging.getLogger(__name__)
 
 
 class _EpochAwareLoader(DataLoader):
@@ -63,6 +66,7 @@ class EmbedderTrainer(Trainer):
             model = EmbedderModel(model, default, task_loss_params(default, recipes),
                                   grad_cache_chunk_size=getattr(args, "grad_cache_chunk_size", 0))
         super().__init__(model=model, args=args, **kwargs)
+        self.add_callback(TrainLogCallback())  # train_log.jsonl: per-task losses at every logging step
         self.evaluator = evaluator
         self.sampler_mode = sampler_mode
         self.dataset_weights = dataset_weights
@@ -80,12 +84,17 @@ class EmbedderTrainer(Trainer):
     def make_batch_sampler(self):
         from ..data.sampler import TaskBatchSampler
 
-        return TaskBatchSampler(
+        sampler = TaskBatchSampler(
             self.train_dataset.file_sizes, per_device_batch_size=self.args.per_device_train_batch_size,
             world_size=self.args.world_size, rank=self.args.process_index, mode=self.sampler_mode,
             dataset_weights=self.dataset_weights, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            drop_last=True,
+            drop_last=True,  # every batch full: one recipe, G keys per query, equal work per rank
         )
+        for path, dropped, size in zip(self.train_dataset.paths, sampler.dropped, self.train_dataset.file_sizes):
+            if dropped and self.args.process_index == 0:
+                logger.warning("%s: %d of %d examples are left out of each epoch (the last partial global batch of "
+                               "%d; a different %d each epoch)", path, dropped, size, sampler.global_batch_size, dropped)
+        return sampler
 
     def get_train_dataloader(self):
         if self.train_dataset is None:

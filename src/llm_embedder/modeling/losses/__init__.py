@@ -68,7 +68,8 @@ register_loss(RegisteredLoss("margin_mse", margin_mse_loss, True, lambda p: dict
     student_temperature=p.student_temperature)))
 register_loss(RegisteredLoss("stable_distill", stable_distill_loss, True, lambda p: dict(
     cos_temperature=p.cos_temperature, teacher_temperature=p.teacher_temperature,
-    positive_first=p.stable_distill_positive_first, cross_device=p.negative_cross_device)))
+    positive_first=p.stable_distill_positive_first, inbatch_negatives=p.inbatch_negatives,
+    cross_device=p.negative_cross_device and p.inbatch_negatives)))
 
 __all__ = ["DISTILL_LOSSES", "LOSSES", "LossParams", "RegisteredLoss", "compute_loss", "get_loss",
            "infonce_loss", "kl_distill_loss", "margin_mse_loss", "register_loss", "stable_distill_loss",
