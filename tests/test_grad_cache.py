@@ -222,3 +222,18 @@ def test_grad_cache_refuses_zero3_in_one_line(tmp_path, repo_root):
                                    deepspeed=str(repo_root / "data" / "deepspeed" / "stage3.json"))
     with pytest.raises(UserError, match="--grad_cache_query_chunk_size: must be 0"):
         RetrievalTrainingArguments(output_dir=str(tmp_path), grad_cache_query_chunk_size=-1, use_cpu=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal only")
+@pytest.mark.parametrize("flag", ["--load_in_4bit", "--load_in_8bit"])
+def test_qlora_flags_refuse_on_cpu_in_one_line(flag, capsys, tmp_path):
+    from llm_embedder.training.run import main as run_dense
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_dense(["--output_dir", str(tmp_path), "--train_data", "x.json", "--lora", flag])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag}: QLoRA needs a CUDA GPU and bitsandbytes"), err
+    with pytest.raises(SystemExit):
+        run_dense(["--output_dir", str(tmp_path), "--train_data", "x.json", flag])  # without LoRA
+    assert "add --lora" in capsys.readouterr().err

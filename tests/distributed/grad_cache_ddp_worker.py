@@ -11,7 +11,9 @@ around the float64 tiny BERT of ``tests/test_grad_cache.py``) wrapped in DDP, as
   the global batch (this is where a missing world-size factor would show);
 - ``accumulated``: two GradCache steps on that batch, the first inside ``no_sync`` (gradient accumulation):
   2x the ``nodrop`` gradients;
-- ``unsynced``: a GradCache step entirely inside ``no_sync`` (the guard: local gradients differ).
+- ``unsynced``: a GradCache step entirely inside ``no_sync`` (the guard: local gradients differ);
+- ``lora_plain`` / ``lora_gc``: the same plain-vs-GradCache pair with peft LoRA adapters (random B, LoRA
+  dropout 0.1) on the frozen tiny BERT: only adapter (and head) gradients, equal.
 """
 from __future__ import annotations
 
@@ -57,8 +59,16 @@ def grads_of(module) -> dict:
     return {name: p.grad.tolist() for name, p in module.named_parameters() if p.grad is not None}
 
 
-def build(dropout: float, grad_cache: bool):
-    model = EmbedderModel(gc_tests.TinyEncoder(dropout=dropout), PARAMS,
+def build(dropout: float, grad_cache: bool, lora: bool = False):
+    encoder = gc_tests.TinyEncoder(dropout=dropout)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(5)  # the same adapters on every rank
+        encoder.bert = get_peft_model(encoder.bert, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                               lora_dropout=0.1, init_lora_weights=False))
+        encoder.bert.double()
+    model = EmbedderModel(encoder, PARAMS,
                           grad_cache_chunk_size=QUERY_CHUNK if grad_cache else 0,
                           grad_cache_key_chunk_size=KEY_CHUNK if grad_cache else 0).train()
     return model, DistributedDataParallel(model, find_unused_parameters=True)
@@ -108,6 +118,11 @@ def main():
         model, ddp = build(dropout, grad_cache=name.startswith("gc"))
         torch.manual_seed(100 + rank)
         (grad_cache_step if name.startswith("gc") else plain_chunked_step)(ddp, model, batch)
+        results[name] = grads_of(model)
+    for name in ("lora_plain", "lora_gc"):
+        model, ddp = build(0.1, grad_cache=name == "lora_gc", lora=True)
+        torch.manual_seed(200 + rank)
+        (grad_cache_step if name == "lora_gc" else plain_chunked_step)(ddp, model, batch)
         results[name] = grads_of(model)
     model, ddp = build(0.0, grad_cache=True)
     with ddp.no_sync():

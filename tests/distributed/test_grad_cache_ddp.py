@@ -91,3 +91,14 @@ def test_grad_cache_accumulates_across_no_sync_micro_steps(ranks):
     reference = single_process_reference()
     for result in ranks:
         assert_close_all(tensors(result["grads"]["accumulated"]), reference, factor=2.0)
+
+
+def test_lora_with_grad_cache_under_ddp_equals_plain_ddp(ranks):
+    for result in ranks:
+        plain, cached = tensors(result["grads"]["lora_plain"]), tensors(result["grads"]["lora_gc"])
+        assert plain.keys() == cached.keys()
+        assert sum("lora_A" in n for n in plain) == 4 and sum("lora_B" in n for n in plain) == 4
+        assert not any("attention.self.query.base_layer" in n for n in plain)  # the base stays frozen
+        for name in plain:
+            torch.testing.assert_close(cached[name], plain[name], rtol=1e-5, atol=1e-8, msg=name)
+        assert differs(cached, plain, factor=0.5)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import local_device
 from ..errors import UserError
 from ..resources import resolve_encoder
 from ..schema import default_permissions, write_json
@@ -198,6 +199,23 @@ def _add_lora(model, rank: int, alpha: float, dropout: float, target_modules):
         raise UserError(f"--lora_target_modules: {err}".replace("\n", " ")) from None
 
 
+def _resume_lora(model, key_model, adapter_dir: Path, saved: dict):
+    """``model`` with the trainable adapters of ``adapter_dir`` and their settings (``lora`` record)."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"--lora_adapter: {adapter_dir} has no adapter_config.json (give the lora_adapter/ folder of a saved model)")
+    if (saved.get("lora") or {}).get("merged"):
+        raise UserError("--lora_adapter: --model_name_or_path already has LoRA weights merged in; give the base model")
+    if key_model is not None:
+        raise UserError("--lora_adapter: resuming adapters of untied encoders is not supported")
+    model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    config = model.peft_config["default"]
+    targets = config.target_modules
+    return model, {"rank": config.r, "alpha": float(config.lora_alpha), "dropout": float(config.lora_dropout),
+                   "target_modules": targets if isinstance(targets, str) else sorted(targets)}
+
+
 class DenseEncoder(nn.Module):
     """Embeds queries and keys with one (tied) or two (untied) HF encoders; see the module docstring."""
 
@@ -231,13 +249,17 @@ class DenseEncoder(nn.Module):
                         add_pooler: bool | None = None, projection_out_dim: int | None = None, lora_rank: int = 0,
                         lora_alpha: float = 16.0, lora_dropout: float = 0.1,
                         lora_target_modules: list[str] | str | None = None, torch_dtype=None,
-                        append_eos: bool | None = None) -> "DenseEncoder":
+                        append_eos: bool | None = None, quantization_config=None,
+                        lora_adapter: str | os.PathLike | None = None) -> "DenseEncoder":
         """Load an encoder from an alias (``minilm``) or a local HF / sentence-transformers / saved directory.
 
         A setting left ``None`` takes the value saved in the directory's ``llm_embedder.json``, else what its
         sentence-transformers modules say (pooling, normalisation), else :data:`DEFAULTS`. A value passed
         explicitly wins (with a warning when it differs from the saved one). LoRA is never restored from a
         directory: saved weights are merged; pass ``lora_rank`` to train new adapters on top.
+        ``quantization_config`` (see :mod:`.quantization`) loads the base weights through bitsandbytes on
+        this rank's GPU (QLoRA; needs ``lora_rank``). ``lora_adapter`` (a saved ``lora_adapter/`` folder)
+        resumes those adapters, trainable, on the *base* model ``name_or_path`` (its own rank etc. win).
         """
         explicit = {"pooling_method": pooling_method, "normalize": normalize, "query_max_length": query_max_length,
                     "key_max_length": key_max_length, "tie_encoders": tie_encoders, "add_pooler": add_pooler,
@@ -250,6 +272,8 @@ class DenseEncoder(nn.Module):
         if lora_rank and (isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float))
                           or not 0.0 <= lora_dropout < 1.0):
             raise UserError(f"--lora_dropout: expected a value in [0, 1), got {lora_dropout!r}")
+        if quantization_config is not None and not (lora_rank or lora_adapter):
+            raise UserError("--load_in_4bit / --load_in_8bit: quantised base weights cannot be trained; add --lora")
         if add_pooler is False and projection_out_dim is not None:
             raise UserError("--projection_out_dim: needs --add_pooler (or leave --add_pooler unset)")
         dtype = _torch_dtype(torch_dtype)
@@ -271,7 +295,14 @@ class DenseEncoder(nn.Module):
             tokenizer.pad_token = tokenizer.eos_token
 
         def load_tower(folder: Path, folder_layout: dict):
-            model = AutoModel.from_pretrained(folder, local_files_only=True, trust_remote_code=False, dtype=dtype)
+            quantized = {} if quantization_config is None else {
+                "quantization_config": quantization_config, "device_map": {"": str(local_device())}}
+            model = AutoModel.from_pretrained(folder, local_files_only=True, trust_remote_code=False, dtype=dtype,
+                                              **quantized)
+            if quantization_config is not None:
+                from peft import prepare_model_for_kbit_training
+
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             projection = None
             if settings["add_pooler"]:
                 hidden = cls._hidden_size_of(model.config)
@@ -300,7 +331,9 @@ class DenseEncoder(nn.Module):
                 key_model, key_projection = copy.deepcopy(model), copy.deepcopy(projection)
 
         lora = None
-        if lora_rank:
+        if lora_adapter is not None:
+            model, lora = _resume_lora(model, key_model, Path(lora_adapter), saved)
+        elif lora_rank:
             lora = {"rank": lora_rank, "alpha": float(lora_alpha), "dropout": float(lora_dropout),
                     "target_modules": lora_target_modules}
             model = _add_lora(model, lora_rank, lora_alpha, lora_dropout, lora_target_modules)

@@ -8,8 +8,10 @@ docs/migration.md from these fields.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from transformers import TrainingArguments
@@ -52,6 +54,10 @@ class ModelArguments:
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     lora_target_modules: Optional[list[str]] = arg(None, "Module names LoRA adapts, space or comma separated "
                                                    "(default: peft's choice for the architecture, query/value for BERT).")
+    lora_adapter: Optional[str] = arg(None, "Resume LoRA training from a saved lora_adapter/ folder, on the base model "
+                                            "--model_name_or_path (the adapter's own rank, alpha and targets are used).")
+    load_in_4bit: bool = arg(False, "QLoRA: load the frozen base weights in 4 bit (NF4, bitsandbytes; needs a CUDA GPU and --lora).")
+    load_in_8bit: bool = arg(False, "QLoRA: load the frozen base weights in 8 bit (bitsandbytes; needs a CUDA GPU and --lora).")
     append_eos: Optional[bool] = arg(None, "End every query and key with the tokenizer's EOS token (for last-token pooling on "
                                      "decoders; default: the saved model's setting, else off).", tevatron=["--append_eos_token"], trove=["--append_eos"])
     tokenizer_name: Optional[str] = arg(None, "Tokenizer folder or name; must be the model's own (the tokenizer is saved with the model).")
@@ -62,6 +68,9 @@ class ModelArguments:
             self.lora_rank = TEVATRON_LORA_RANK
         if self.lora_rank < 0:
             raise UserError(f"--lora_rank: must be 0 (off) or positive, got {self.lora_rank}")
+        from ..modeling.quantization import quantization_config
+
+        quantization_config(self.load_in_4bit, self.load_in_8bit, self.lora_rank or bool(self.lora_adapter))  # refuses in one line, before any work
         if self.tokenizer_name is not None and self.tokenizer_name != self.model_name_or_path:
             raise UserError(f"--tokenizer_name: {self.tokenizer_name!r} differs from --model_name_or_path "
                             f"{self.model_name_or_path!r}; the encoder uses (and saves) its model's own tokenizer")
@@ -169,15 +178,30 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.grad_cache and not (self.grad_cache_chunk_size or self.grad_cache_query_chunk_size
                                     or self.grad_cache_key_chunk_size):
             self.grad_cache_query_chunk_size, self.grad_cache_key_chunk_size = TEVATRON_GC_CHUNKS
+        grad_cache = self.grad_cache_chunk_size or self.grad_cache_query_chunk_size or self.grad_cache_key_chunk_size
+        if grad_cache and _zero_stage(self.deepspeed) == 3:  # before super(), which sets DeepSpeed's global state
+            raise UserError("--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3 "
+                            "(its parameter shards are gathered per forward); use a stage 1/2 config")
         super().__post_init__()
         for name in ("grad_cache_chunk_size", "grad_cache_query_chunk_size", "grad_cache_key_chunk_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name}: must be 0 (off / use --grad_cache_chunk_size) or a positive row count, "
                                 f"got {getattr(self, name)}")
-        grad_cache = self.grad_cache_chunk_size or self.grad_cache_query_chunk_size or self.grad_cache_key_chunk_size
-        if grad_cache and self.deepspeed and self.hf_deepspeed_config.is_zero3():
-            raise UserError("--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3 "
-                            "(its parameter shards are gathered per forward); use a stage 1/2 config")
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a --deepspeed config (dict, JSON file or JSON text); None when there is none."""
+    if not deepspeed:
+        return None
+    config = deepspeed
+    if isinstance(deepspeed, str):
+        path = Path(deepspeed)
+        try:
+            config = json.loads(path.read_text(encoding="utf-8") if path.is_file() else deepspeed)
+        except ValueError:
+            return None  # not JSON: Trainer reports it
+    return (config.get("zero_optimization") or {}).get("stage") if isinstance(config, dict) else None
+
 
 def _cuda_available() -> bool:
     import torch

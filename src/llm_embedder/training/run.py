@@ -204,6 +204,7 @@ def build_trainer(model_args, data_args, training_args):
     """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
     from ..data.collator import EmbedderCollator
     from ..modeling.encoder import DenseEncoder
+    from ..modeling.quantization import quantization_config
     from .evaluation import RetrievalEvaluator
     from .trainer import EmbedderTrainer
 
@@ -221,6 +222,9 @@ def build_trainer(model_args, data_args, training_args):
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
         lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
+        quantization_config=quantization_config(model_args.load_in_4bit, model_args.load_in_8bit,
+                                                model_args.lora_rank or bool(model_args.lora_adapter)),
+        lora_adapter=model_args.lora_adapter,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
