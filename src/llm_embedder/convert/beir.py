@@ -17,7 +17,6 @@ corpus the records point at.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,9 +26,10 @@ from typing import Iterable, Sequence
 from ..corpus import ids_to_rows, read_corpus_ids
 from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
-from ..resources import DATA_PREFIX, data_root, resolve_data_path
+from ..resources import resolve_data_path
 from ..schema import (copy_atomic, meta_path, raise_if_errors, read_json_objects, read_records, validate_record,
                       write_json, write_records)
+from .sidecar import portable_path, sha256_file
 
 QRELS_HEADER_NAMES = {"query-id", "query_id", "qid", "query"}
 
@@ -303,28 +303,6 @@ def records_from_beir(beir_dir: BeirFolder | str | os.PathLike, split: str, min_
 
 # ---------------------------------------------------------------------------------------------- outputs
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def portable_path(path: Path, folder: Path) -> str:
-    """How a sidecar names ``path`` so that it stays valid when folders move.
-
-    Inside ``folder``: relative to it (``corpus.jsonl``); inside the data root: ``llm-embedder:NAME/...``;
-    elsewhere: absolute. POSIX separators.
-    """
-    path, folder, root = Path(path).resolve(), Path(folder).resolve(), data_root().resolve()
-    if path.is_relative_to(folder):
-        return path.relative_to(folder).as_posix()
-    if path.is_relative_to(root):
-        return DATA_PREFIX + path.relative_to(root).as_posix()
-    return path.as_posix()
-
-
 def split_meta(result: BeirSplit, output_dir: Path, corpus: Path, corpus_rows: int, options: dict) -> dict:
     """The ``{split}.meta.json`` sidecar: corpus (relative to the sidecar), sources with sha256, options, counts."""
     src = result.sources
@@ -345,7 +323,7 @@ def split_meta(result: BeirSplit, output_dir: Path, corpus: Path, corpus_rows: i
             "extra_qrels": [portable_path(p, output_dir) for p in src["extra_qrels"]],
             "negatives_from": None if src["negatives_from"] is None else portable_path(src["negatives_from"], output_dir),
         },
-        "sha256": {portable_path(p, output_dir): _sha256(p) for p in files},
+        "sha256": {portable_path(p, output_dir): sha256_file(p) for p in files},
         "options": options,
         "counts": result.counts,
     }
