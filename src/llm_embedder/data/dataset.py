@@ -29,7 +29,8 @@ from ..corpus import Corpus, load_corpus
 from ..errors import UserError
 from ..resources import resolve_data_path
 from ..retrieval.mining import normalize_text
-from ..schema import RecordFile, raise_if_errors, read_records, sidecar_corpus, uses_history, validate_records
+from ..paths import sidecar_corpus
+from ..schema import RecordFile, raise_if_errors, read_records, uses_history, validate_records
 from ..modeling.losses import get_loss
 from ..tasks import RESOLVED_FIELDS, ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..resources import resolve_encoder
-from ..schema import default_permissions, write_json
+from ..io import default_permissions, write_json
 from .pooling import available_poolings, get_pooling, pool
 
 logger = logging.getLogger(__name__)

@@ -247,7 +247,7 @@ def main(argv=None) -> dict:
                         if training_args.process_index == 0 else logging.WARNING)
     train, evaluate = phases(data_args, training_args)
     trainer = build_trainer(model_args, data_args, training_args)
-    from ..schema import write_json
+    from ..io import write_json
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)
