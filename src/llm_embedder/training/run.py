@@ -204,6 +204,7 @@ def build_trainer(model_args, data_args, training_args):
     """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
     from ..data.collator import EmbedderCollator
     from ..modeling.encoder import DenseEncoder
+    from ..retrieval.retriever import eval_task
     from .evaluation import RetrievalEvaluator
     from .trainer import EmbedderTrainer
 
@@ -225,7 +226,7 @@ def build_trainer(model_args, data_args, training_args):
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
-            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_file.records[0].get("task", data_args.default_task),
+            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_task(eval_file.records, None, data_args.default_task),
             add_instruction=model_args.add_instruction, hits=data_args.hits,
             batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
             on_groups=data_args.eval_on_groups, seed=training_args.seed)
