@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..corpus import load_corpus
 from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
+from ..runinfo import versions
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
 from .dense import INDEX_TYPES, IndexParams
 from .metrics import ANSWER_METRICS, METRICS, check_metrics, write_trec_run
@@ -83,19 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--neg_start", type=int, default=0, help="skip the first N retrieved ranks")
     mine.add_argument("--filter_answers", action="store_true", help="drop keys that contain one of the answers")
     return p
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("llm-embedder", "torch", "transformers", "faiss-cpu", "pytrec-eval-terrier", "pyserini", "bm25s",
-                 "rank-bm25", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _dist_rank() -> tuple[int, int]:
@@ -234,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{stats.rows_without_negatives} rows without negatives)")
     summary_path = derived_path(rf.path, "eval", save_name, args.output_dir)
     summary.update(outputs=outputs, args=vars(args), argv=sys.argv if argv is None else list(argv),
-                   versions=_versions(), wall_time_s=round(time.time() - started, 2))
+                   versions=versions(), wall_time_s=round(time.time() - started, 2))
     write_json(summary_path, summary)
     print(f"wrote {summary_path}")
     return 0

@@ -185,18 +185,12 @@ def _public(values: dict) -> dict:
 
 def run_info(model_args, data_args, training_args) -> dict:
     """Arguments and library versions recorded next to every output."""
-    import platform
-
-    import torch
-    import transformers
-
-    from .. import __version__
+    from ..runinfo import versions
 
     return {
         "args": {"model": _public(vars(model_args)), "data": _public(vars(data_args)), "training": training_args.to_dict()},
         "explicit_args": sorted(getattr(training_args, "explicit_args", ()) or ()),
-        "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
     }
 
 
