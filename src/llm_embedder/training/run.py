@@ -211,7 +211,7 @@ def build_trainer(model_args, data_args, training_args):
         tie_encoders=model_args.tie_encoders, add_pooler=model_args.add_pooler,
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        lora_target_modules=model_args.lora_target_modules,
+        lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
@@ -237,6 +237,10 @@ def build_trainer(model_args, data_args, training_args):
 
 @cli_guard
 def main(argv=None) -> dict:
+    from ..noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)  # before transformers' Trainer imports datasets and deepspeed
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.process_index == 0 else logging.WARNING)
