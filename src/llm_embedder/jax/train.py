@@ -83,7 +83,7 @@ def build(model_args, data_args, args) -> Run:
     default = LossParams(contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
                          stable_distill=args.stable_distill, stable_distill_positive_first=args.stable_distill_positive_first,
                          teacher_temperature=args.teacher_temperature, student_temperature=args.student_temperature,
-                         cos_temperature=model_args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
+                         cos_temperature=args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
                          negative_cross_device=args.negative_cross_device, distill_loss=args.distill_loss)
     mesh = make_mesh(args.mesh_shape)
     global_batch = args.per_device_train_batch_size * mesh.size

@@ -17,9 +17,8 @@ import os
 import time
 from pathlib import Path
 
-import torch
 
-from .. import __version__
+from ..runinfo import versions
 from ..corpus import load_corpus
 from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
@@ -97,21 +96,17 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
         "corpus": str(corpus.path.resolve()) if corpus is not None else None, "key_template": args.key_template,
         "lm": lm_info, "template_argument": args.template, "templates": templates,
         "normalisation": NORMALISATION, "answer_policy": args.answer_policy,
-        "special_tokens": "none added (prompt and answer tokenised separately with add_special_tokens=False, ids concatenated)",
+        "special_tokens": "prompt + answer tokenised as one text and split at the answer's first character; the "
+                          f"tokenizer's own prefix {plan.stats['special_prefix_ids']} (BOS, if it adds one) before each prompt",
         "max_length": args.max_length, "key_max_length": args.key_max_length,
-        "truncation": "keys cut to key_max_length tokens; prompts cut from the left so the answer is scored whole",
+        "truncation": "keys cut to key_max_length tokens; a prompt too long loses its context's left end, then its "
+                      "key's end, then (query alone too long) its left end; the answer is scored whole",
         "token_budget": args.token_budget, "max_queries": args.max_queries, "max_keys": args.max_keys,
         "fields_truncated_by_max_keys": truncated, "teacher_scores_align_with": sorted({rp.key_fields for rp in plan.row_plans}),
         "counts": {**plan.stats, "pairs_resumed_from_partial": resumed},
         "world_size": world_size, "seconds": round(seconds, 2),
-        "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": _transformers_version()},
+        "versions": versions(),
     }
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def sidecar_key_template(source) -> str | None:

@@ -25,7 +25,7 @@ from transformers import Trainer
 from ..errors import UserError
 from ..loss_settings import LOSS_SETTINGS
 from ..modeling.losses import LossParams
-from ..schema import write_json
+from ..io import write_json
 from .model import EmbedderModel, task_losses
 from .train_log import TrainLogCallback
 
