@@ -203,6 +203,10 @@ def build_trainer(model_args, data_args, training_args):
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    if training_args.deepspeed:
+        from ..distributed import init_deepspeed_comm
+
+        init_deepspeed_comm()  # before from_pretrained: ZeRO-3 partitions the weights while loading them
     from ..resources import resolve_encoder
 
     encoder = DenseEncoder.from_pretrained(
