@@ -26,6 +26,7 @@ class RetrievalEvaluator:
     corpus_subsample: int | None = None
     on_groups: bool = False
     seed: int = 0
+    instruction_table: dict | None = None  # {task: (query, key)} the run trains with; None: the task registry's
 
     @property
     def mode(self) -> str:
@@ -38,6 +39,8 @@ class RetrievalEvaluator:
     def instructions(self) -> tuple[str, str]:
         if not self.add_instruction:
             return "", ""
+        if self.instruction_table and self.task in self.instruction_table:
+            return tuple(self.instruction_table[self.task])
         recipe = get_task(self.task)
         return recipe.query_instruction, recipe.key_instruction
 
