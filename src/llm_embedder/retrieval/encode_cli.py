@@ -69,7 +69,9 @@ def output_paths(prefix: str, num_shards: int, shard_index: int) -> tuple[Path, 
 
 
 @cli_guard
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, build_encoder=None) -> int:
+    """``build_encoder(model_dir, pooling_method=, query_max_length=, key_max_length=)`` defaults to
+    ``DenseEncoder.from_pretrained``; the JAX encoder (llm_embedder.jax.encode) passes its own."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     num_shards, shard_index = _shard(args)
@@ -98,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..modeling.encoder import DenseEncoder
     from .encode import encode_texts, save_npy, shard_rows
 
-    encoder = DenseEncoder.from_pretrained(model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
-                                           query_max_length=args.query_max_length, key_max_length=args.key_max_length)
+    encoder = (build_encoder or DenseEncoder.from_pretrained)(
+        model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
+        query_max_length=args.query_max_length, key_max_length=args.key_max_length)
     from .eval_cli import _chosen_instructions
 
     query_instruction, key_instruction = _chosen_instructions(encoder, args.task, args.add_instruction)

@@ -42,8 +42,6 @@ class ModelArguments:
                                        "(Tevatron's bare --untie_encoder sets False).")
     add_pooler: Optional[bool] = arg(None, "Add a trainable linear projection on top of pooling.")
     projection_out_dim: Optional[int] = arg(None, "Output size of the --add_pooler projection (default: hidden size).")
-    cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ (Tevatron's and FlagEmbedding's --temperature is the same τ).",
-                                 tevatron=["--temperature"], trove=["--temperature"])
     add_instruction: bool = arg(True, "Prepend each task's LLM-Embedder query/key instructions (as the reference; --add_instruction false trains without).")
     query_prefix: Optional[str] = arg(None, "Text put before every query (replaces the task instructions for queries; implies instructions on).")
     passage_prefix: Optional[str] = arg(None, "Text put before every key (replaces the task instructions for keys; implies instructions on).")
@@ -133,9 +131,12 @@ class RetrievalTrainingArguments(TrainingArguments):
     stable_distill: bool = arg(False, "Rank-aware stable distillation instead of KL.")
     stable_distill_positive_first: bool = arg(True, "Stable distillation: the labelled positive ranks first regardless of its teacher score.")
     distill_loss: str = arg("kl", "Distillation when not stable: kl | margin_mse.")
+    cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ, a loss setting (per task in --task_config); "
+                                       "Tevatron's and FlagEmbedding's --temperature is the same τ.",
+                                 tevatron=["--temperature"], trove=["--temperature"])
     teacher_temperature: float = arg(1.0, "T_t: softmax(teacher / T_t).")
     student_temperature: float = arg(1.0, "T_s: softmax(s(q,k) / T_s) in KL distillation.")
-    inbatch_negatives: bool = arg(True, "Other queries' keys are negatives in the contrastive loss.")
+    inbatch_negatives: bool = arg(True, "Other queries' keys are negatives (contrastive and stable distillation).")
     negative_cross_device: bool = arg(True, "Gather keys from all processes as negatives (no effect in one process).",
                                       tevatron=["--negatives_x_device"], flagembedding=["--negatives_cross_device"])
     grad_cache: bool = arg(False, f"GradCache on; chunk sizes from --grad_cache_chunk_size, else Tevatron's {TEVATRON_GC_CHUNKS[1]}.")
