@@ -12,6 +12,7 @@ from ..errors import cli_guard
 # format -> ("module:function", one-line help)
 CONVERTERS: dict[str, tuple[str, str]] = {
     "beir": ("llm_embedder.convert.beir:main", "BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv) -> {split}.json"),
+    "lrlm": ("llm_embedder.convert.lrlm:main", "folder of .py files -> long-range LM train/valid/test.json (token-id chunks)"),
 }
 
 
