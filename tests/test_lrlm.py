@@ -247,3 +247,29 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, built, sou
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_report_chooses_the_recipe_on_valid_and_never_on_test(tmp_path):
+    from llm_embedder.lrlm.report import markdown, study
+
+    def rows(split, label, values):
+        d = tmp_path / f"eval-{split}"
+        d.mkdir(exist_ok=True)
+        name = label.replace(":", "_")
+        (d / f"{name}.k1.jsonl").write_text("".join(json.dumps({"nll": v}) + "\n" for v in values))
+
+    for split in ("valid", "test"):
+        for label, base in (("none", 3.0), ("random", 2.9), ("bm25", 2.8), ("dense:minilm", 2.85), ("privileged", 2.6)):
+            rows(split, label, [base + 0.01 * i for i in range(10)])
+    # kl wins on valid, contrastive on test: the report must pick kl
+    for seed in (1, 2):
+        rows("valid", f"dense:kl-s{seed}", [2.70] * 10)
+        rows("valid", f"dense:contrastive-s{seed}", [2.75] * 10)
+        rows("test", f"dense:kl-s{seed}", [2.70 + 0.01 * i + 0.01 * seed for i in range(10)])
+        rows("test", f"dense:contrastive-s{seed}", [2.50] * 10)
+    result = study(tmp_path)
+    assert result["chosen_recipe_on_valid"] == "kl"
+    assert result["best_baseline"] == "trained:contrastive"
+    assert result["chosen_vs_best_baseline"]["mean_gain_nats"] < 0 and result["rows"]["trained:kl"]["seeds"] == 2
+    assert result["rows"]["trained:kl"]["std_nll"] == pytest.approx(0.01 / math.sqrt(2))
+    assert "Chosen on valid: `kl`" in markdown(result)
