@@ -12,6 +12,7 @@ run_dense --model_name_or_path "${MODEL:-minilm}" \
   --output_dir "$OUT" --overwrite_output_dir \
   --add_instruction --inbatch_same_dataset epoch \
   --max_sample_num "${MAX_SAMPLES:-64}" --per_device_train_batch_size "${BATCH:-4}" --train_group_size "${GROUP:-8}" \
-  --query_max_length 128 --key_max_length 256 --learning_rate 5e-6 --num_train_epochs 1 \
+  --query_max_length 128 --key_max_length 256 --learning_rate 5e-6 --warmup_ratio 0 --weight_decay 0 --num_train_epochs 1 \
+  --negative_cross_device false --hits 100 \
   --metrics ndcg recall mrr --cutoffs 10 100 --logging_steps 5 "$@"
 "$REPO/.venv/bin/llm-embedder" report "$OUT/metrics.json"

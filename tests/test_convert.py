@@ -85,7 +85,7 @@ def test_shipped_files_validate_against_their_corpus(data_dir, capsys):
     files = [str(data_dir / name / f"{split}.json") for name in ("scifact", "pubmedqa") for split in ("train", "test")]
     assert validate_main(files + ["--purpose", "eval"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"OK {files[0]} (809 records, tasks: (none), corpus: {data_dir / 'scifact' / 'corpus.jsonl'} (5183 rows))"
+    assert out[0] == f"OK {files[0]} (809 records, tasks: qa, corpus: {data_dir / 'scifact' / 'corpus.jsonl'} (5183 rows))"
     assert len(out) == 4 and all(line.startswith("OK ") for line in out)
 
 
@@ -286,4 +286,15 @@ def test_cli_missing_folder_and_unknown_format(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: BEIR_DIR: {tmp_path / 'nowhere'} is not a folder"
     with pytest.raises(SystemExit):
         cli_main(["convert", "msmarco"])
-    assert capsys.readouterr().err.strip() == "error: convert: unknown format 'msmarco' (known: beir)"
+    assert capsys.readouterr().err.strip() == "error: convert: unknown format 'msmarco' (known: beir, lrlm, tevatron, trove)"
+
+
+def test_cli_writes_task_qa_by_default_and_records_it(graded, tmp_path, capsys):
+    """A converted file must be LM-scorable with --template auto: the rows carry a task (issue 11, point 1)."""
+    out = tmp_path / "default-task"
+    assert beir_main([str(graded), "--output_dir", str(out), "--splits", "train"]) == 0
+    assert {r.get("task") for r in read_jsonl(out / "train.json")} == {"qa"}
+    assert json.loads((out / "train.meta.json").read_text())["options"]["task"] == "qa"
+    assert beir_main([str(graded), "--output_dir", str(out), "--splits", "train", "--task", "icl"]) == 0
+    assert {r.get("task") for r in read_jsonl(out / "train.json")} == {"icl"}
+    capsys.readouterr()

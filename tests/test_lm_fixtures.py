@@ -17,11 +17,13 @@ def smollm2_tokenizer():
     """SmolLM2's tokenizer: from the converted cache when present (fast), else straight from the GGUF (~15 s)."""
     from transformers import AutoTokenizer
 
+    from llm_embedder.lm.loading import apply_gguf_bos, load_tokenizer
+
     cached = converted_dir("smollm2")
     if (cached / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(cached)
+        return load_tokenizer(cached)
     src, gguf = resolve_lm("smollm2")
-    return AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    return apply_gguf_bos(AutoTokenizer.from_pretrained(src, gguf_file=gguf), src / gguf)
 
 
 def build_tiny_lm(out: Path) -> Path:

@@ -100,16 +100,73 @@ def test_target_tokens_are_exactly_the_answer_tokens(tmp_path, tok):
     assert plan.stats["target_tokens"] == sum(batch.sizes)
 
 
-def test_left_truncation_keeps_the_whole_answer(tmp_path, tok):
+def test_a_prompt_too_long_for_a_key_loses_the_key_s_end_and_keeps_the_question(tmp_path, tok):
     row = {"query": "Who wrote it?", "answers": ["William Shakespeare wrote the play Hamlet around 1600."], "task": "qa",
            "pos": ["word " * 200]}
     full = build_plan(records(tmp_path, [row]), tok, max_length=1024).pairs[0]
-    cut = build_plan(records(tmp_path, [row]), tok, max_length=40).pairs[0]
+    plan = build_plan(records(tmp_path, [row]), tok, max_length=40)
+    cut = plan.pairs[0]
     assert cut.target_ids == full.target_ids  # the answer is scored whole
-    assert cut.length == 40
-    assert cut.prompt_ids == full.prompt_ids[-(40 - len(full.target_ids)):]  # the prompt lost its LEFT end
+    assert 30 <= cut.length <= 40
+    text = tok.decode(cut.prompt_ids)
+    assert text.startswith("Knowledge: word word") and text.endswith("\nQuestion: Who wrote it?\nAnswer:")
+    assert plan.stats["prompts_cut_key"] == 1 and plan.stats["prompts_cut_from_left"] == 0
     batch = collate([(cut.prompt_ids, cut.target_ids)], pad_id=0)
     assert batch.sizes == [len(full.target_ids)]
+
+
+def test_a_long_lrlm_context_is_cut_from_its_left_and_the_key_is_kept(tmp_path, tok, caplog):
+    """The lrlm prompt is key, context, query: cutting the prompt's left end would drop the key first and
+    make every key's score the same. The oldest context goes instead, and the cut is counted and logged."""
+    context = " ".join(f"c{i}" for i in range(300)) + " "
+    rows = [{"query": "the current chunk", "answers": ["the next words"], "task": "lrlm", "context": context,
+             "pos": ["RETRIEVED KEY ONE"], "neg": ["RETRIEVED KEY TWO"]}]
+    with caplog.at_level("WARNING"):
+        plan = build_plan(records(tmp_path, rows), tok, max_length=64)
+    assert plan.stats["prompts_cut_context"] == 2 and plan.stats["prompts_cut_key"] == 0
+    assert "2 lost the left end of their context" in caplog.text
+    one, two = (tok.decode(p.prompt_ids) for p in plan.pairs)
+    assert one.startswith("RETRIEVED KEY ONE\n\n") and two.startswith("RETRIEVED KEY TWO\n\n")
+    assert one.endswith(" c299 the current chunk") and "c0 " not in one  # the newest context stays
+    assert all(p.length <= 64 for p in plan.pairs) and plan.pairs[0].prompt_ids != plan.pairs[1].prompt_ids
+
+
+def test_a_query_too_long_for_any_prompt_is_cut_from_the_left_and_counted(tmp_path, tok):
+    rows = [{"query": "q " * 100, "answers": ["a"], "task": "qa", "pos": ["k"]}]
+    plan = build_plan(records(tmp_path, rows), tok, max_length=20)
+    assert plan.pairs[0].length == 20 and plan.stats["prompts_cut_from_left"] == 1
+
+
+def sentencepiece_tokenizer():
+    """A Llama-style SentencePiece tokenizer built offline: Unigram pieces, "▁" for spaces with a prefix "▁"
+    (Llama-2's tokenizer.json normaliser) and a BOS ``<s>`` before every text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sentences = ["Knowledge: the capital of France is Paris.", "Question: what is the capital of France?",
+                 "Answer: it is Paris, a large city.", "The Eiffel Tower was built in 1889 in Paris."] * 20
+    sp = Tokenizer(models.Unigram())
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    sp.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    sp.train_from_iterator(sentences, trainers.UnigramTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"],
+                                                              unk_token="<unk>", max_piece_length=6))
+    sp.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_sentencepiece_pairs_are_the_whole_text_s_tokens_with_bos(tmp_path):
+    """Separately tokenised, " Paris" is "▁", "▁", "Paris" under SentencePiece: a stray piece would be scored.
+    The pair must be exactly the tokens of the whole text as the model reads it, BOS first."""
+    sp = sentencepiece_tokenizer()
+    assert sp(" Paris", add_special_tokens=False).input_ids != sp("Paris", add_special_tokens=False).input_ids[-1:]
+    row = {"query": "what is the capital of France?", "answers": ["Paris"], "task": "qa", "pos": ["Paris is big."]}
+    plan = build_plan(records(tmp_path, [row]), sp)
+    pair = plan.pairs[0]
+    prompt = "Knowledge: Paris is big.\nQuestion: what is the capital of France?\nAnswer:"
+    assert pair.prompt_ids + pair.target_ids == sp(prompt + " Paris").input_ids
+    assert pair.prompt_ids[0] == sp.bos_token_id and plan.stats["special_prefix_ids"] == [sp.bos_token_id]
+    assert sp.decode(pair.target_ids).strip() == "Paris"
+    assert "▁" not in sp.convert_ids_to_tokens(pair.target_ids)  # no stray piece is scored
 
 
 def test_keys_are_cut_to_key_max_length_tokens(tmp_path, tok):

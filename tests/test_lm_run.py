@@ -208,3 +208,19 @@ def test_resume_after_a_real_sigkill(tmp_path, toy_dir, tiny_lm_dir, repo_root):
     assert (tmp_path / "qa.scored.tiny.json").read_text() == (tmp_path / "qa.scored.clean.json").read_text()
     meta = json.loads((tmp_path / "qa.scored.tiny.meta.json").read_text())
     assert meta["counts"]["pairs_resumed_from_partial"] >= 16
+
+
+def test_rows_without_task_are_refused_before_the_lm_is_located(tmp_path, monkeypatch, capsys):
+    """--template auto on task-less rows: the error comes before the LM is found or converted (a first
+    run of an alias converts GGUF first), and it says how to give the rows a task (issue 11, point 1)."""
+    def must_not_locate(*args, **kwargs):
+        raise AssertionError("the LM was located although every row lacks a task")
+
+    monkeypatch.setattr(lm_run, "local_lm_dir", must_not_locate)
+    rows = [{k: v for k, v in row.items() if k != "task"} for row in QA_ROWS]
+    bad = write_jsonl(tmp_path / "notask.json", rows)
+    with pytest.raises(SystemExit) as exit_:
+        lm_run.main(["--eval_data", str(bad), "--save_name", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1: task: missing" in err and "convert beir --task qa" in err and "--template NAME" in err

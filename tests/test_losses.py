@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from llm_embedder.errors import UserError
 from llm_embedder.modeling import distributed
-from llm_embedder.modeling.losses import (LOSSES, LossParams, compute_loss, get_loss, infonce_loss,
+from llm_embedder.modeling.losses import (LOSSES, LossParams, LossTerm, RegisteredLoss, TaskLoss, compute_loss,
+                                          get_loss, infonce_loss, register_loss,
                                           kl_distill_loss, margin_mse_loss, stable_distill_loss,
                                           teacher_ranking)
 
@@ -66,7 +67,7 @@ def ref_margin_mse(q, k, t, G, tau, t_t, t_s):
     return sum(errors) / len(errors)
 
 
-def ref_stable(q, k, t, G, tau, t_t, positive_first=True):
+def ref_stable(q, k, t, G, tau, t_t, positive_first=True, inbatch=True):
     q, k, t = q.tolist(), k.tolist(), t.tolist()
     B = len(q)
     total = 0.0
@@ -79,7 +80,8 @@ def ref_stable(q, k, t, G, tau, t_t, positive_first=True):
             order = sorted(positions, key=lambda j: -t[b][j])
         for i, pos in enumerate(order):
             excluded = {b * G + earlier for earlier in order[:i]}
-            candidates = [c for c in range(B * G) if c not in excluded]
+            pool = range(B * G) if inbatch else range(b * G, (b + 1) * G)
+            candidates = [c for c in pool if c not in excluded]
             logits = [_dot(q[b], k[c]) / tau for c in candidates]
             total += w[pos] * _neg_log_softmax_at(logits, candidates.index(b * G + pos)) / B
     return total
@@ -238,6 +240,21 @@ def test_stable_distill_matches_loop(B, G, D, positive_first, t_t):
     assert got == pytest.approx(ref_stable(q, k, t, G, 0.2, t_t, positive_first), rel=1e-10)
 
 
+@pytest.mark.parametrize("B,G,D", SHAPES)
+def test_stable_distill_without_inbatch_negatives_ranks_each_query_s_own_keys(B, G, D):
+    q, k, t = _batch(B, G, D, seed=B * G + D)
+    got = stable_distill_loss(q, k, t, G, cos_temperature=0.5, inbatch_negatives=False).item()
+    assert got == pytest.approx(ref_stable(q, k, t, G, 0.5, 1.0, inbatch=False), rel=1e-10)
+    assert got != pytest.approx(ref_stable(q, k, t, G, 0.5, 1.0, inbatch=True), rel=1e-6)  # guard: the option matters
+
+
+def test_compute_loss_inbatch_option_reaches_stable_distillation():
+    q, k, t = _batch(2, 3, 4, seed=8)
+    params = LossParams(contrastive_weight=0.0, stable_distill=True, inbatch_negatives=False, cos_temperature=0.5)
+    got = compute_loss(q, k, t, 3, params)["loss"].item()
+    assert got == pytest.approx(ref_stable(q, k, t, 3, 0.5, 1.0, inbatch=False), rel=1e-10)
+
+
 def test_stable_distill_positive_first_changes_the_value_when_the_positive_is_not_top():
     q, k, _ = _batch(2, 3, 4, seed=3)
     t = torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 3.0]], dtype=torch.float64)
@@ -327,12 +344,11 @@ def test_zero_weight_terms_are_not_computed(monkeypatch):
         raise AssertionError("a zero-weight term was computed")
 
     q, k, t = _batch(2, 2, 3)
-    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", boom, False, lambda p: {}))
+    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", boom, False))
     out = compute_loss(q, k, t, 2, LossParams(contrastive_weight=0.0, distill_weight=1.0))
     assert out["contrastive"].item() == 0.0 and out["distill"].item() > 0
-    monkeypatch.setitem(LOSSES, "kl_distill", RegisteredLoss("kl_distill", boom, True, lambda p: {}))
-    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", lambda *a, **kw: q.sum() * 0 + 1.5, False,
-                                                          lambda p: {}))
+    monkeypatch.setitem(LOSSES, "kl_distill", RegisteredLoss("kl_distill", boom, True))
+    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", lambda *a, **kw: q.sum() * 0 + 1.5, False))
     out = compute_loss(q, k, t, 2, LossParams(contrastive_weight=2.0, distill_weight=0.0))
     assert out["loss"].item() == pytest.approx(3.0) and out["distill"].item() == 0.0
 
@@ -364,9 +380,28 @@ def test_registry():
     assert set(LOSSES) >= {"infonce", "kl_distill", "stable_distill", "margin_mse"}
     with pytest.raises(UserError, match="unknown loss 'nope'; known: .*infonce"):
         get_loss("nope")
+    assert get_loss("stable_distill").setting_keywords() == {
+        "cos_temperature": "cos_temperature", "teacher_temperature": "teacher_temperature",
+        "inbatch_negatives": "inbatch_negatives", "positive_first": "stable_distill_positive_first"}
+    with pytest.raises(UserError, match="task 'x': loss 'infonce' has no parameter 'margin' \\(it takes: cos_temperature"):
+        TaskLoss([LossTerm("infonce", 1.0, (("margin", 0.1),))], LossParams().__dict__, where="task 'x'")
+    with pytest.raises(UserError, match="already registered"):
+        register_loss(RegisteredLoss("infonce", infonce_loss, False))
+
+
+def test_a_registered_loss_is_a_term_with_its_params_and_the_settings_it_names(monkeypatch):
+    seen = {}
+
+    def hinge(q, k, group_size, *, cos_temperature=1.0, margin=0.0):
+        seen.update(cos_temperature=cos_temperature, margin=margin)
+        return (q.sum() * 0 + 1.0) * margin
+
+    monkeypatch.setitem(LOSSES, "hinge", RegisteredLoss("hinge", hinge, needs_teacher=False))
     q, k, _ = _batch(2, 2, 3)
-    with pytest.raises(ValueError, match="needs teacher scores"):
-        get_loss("kl_distill")(q, k, None, 2, LossParams())
+    settings = dict(LossParams(cos_temperature=0.07).__dict__)
+    out = TaskLoss([LossTerm("hinge", 2.0, (("margin", 0.25),))], settings)(q, k, None, 2)
+    assert seen == {"cos_temperature": 0.07, "margin": 0.25} and out["loss"].item() == pytest.approx(0.5)
+    assert out["hinge"].item() == pytest.approx(0.25)
 
 
 def test_layout_errors():

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from llm_embedder.errors import UserError
-from llm_embedder.retrieval.metrics import (cut_run, evaluate_run, has_answer, normalize_answer, read_trec_run,
+from llm_embedder.retrieval.metrics import (cut_run, evaluate_run, answer_tokens, has_answer, read_trec_run,
                                             write_trec_run)
 
 # q1: relevant d1 (rank 2) and d2 (rank 4); q2: relevant d5 at rank 1; q3: no results at all.
@@ -97,14 +97,25 @@ def test_unknown_metric_names_the_argument_before_work():
         evaluate_run(TOY_RUN, TOY_QRELS, ["ndcg"], [0])
 
 
-def test_answer_normalisation_and_matching():
-    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
-    assert normalize_answer("An apple, a day") == "apple day"
+def test_answer_matching_is_dpr_token_matching():
+    """DPR's has_answer (dpr/data/qa_validation.py, match_type "string"): NFD-normalise, split with
+    SimpleTokenizer (alphanumeric runs and single other non-space characters), lowercase, match token runs."""
     assert has_answer(["Eiffel Tower"], "Paris: the eiffel tower, built 1889.")
-    assert has_answer(["the Eiffel Tower"], "eiffel tower")  # articles are dropped on both sides
+    assert has_answer(["Eiffel Tower"], "Paris/Eiffel Tower")  # punctuation splits words, it is not deleted
+    assert has_answer(["Jay-Z"], "Jay-Z's first album")  # the answer's own punctuation is a token to match
+    assert has_answer(["O'Neill"], "Eugene O'Neill's plays")
+    assert has_answer(["1889"], "built in 1889.")
+    assert has_answer(["Beyonce\u0301"], "Beyonc\u00e9 sang")  # unicode NFD on both sides
+    assert has_answer(["ENIAC"], "the eniac computer")  # uncased
+    assert not has_answer(["Eiffel Tower"], "Eiffel-Tower")  # DPR: "-" is a token between the words
+    assert not has_answer(["the Eiffel Tower"], "eiffel tower")  # DPR keeps articles
     assert not has_answer(["tower"], "two towers")  # whole tokens only
-    assert not has_answer(["", "!!"], "anything")  # empty after normalisation never matches
+    assert not has_answer(["", "   "], "anything")  # an empty answer never matches (DPR's would match all)
     assert has_answer(["no", "1889"], "built in 1889")
+
+
+def test_answer_tokens_follow_dpr_simple_tokenizer():
+    assert answer_tokens("Jay-Z's  1st album!") == ["jay", "-", "z", "'", "s", "1st", "album", "!"]
 
 
 def test_nq_answer_recall_at_cutoffs():

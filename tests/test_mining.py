@@ -118,3 +118,25 @@ def test_collate_neg_cli_writes_the_derived_file(tmp_path, data_dir, bm25_cache,
     summary = json.loads((tmp_path / "train.eval.bm25s.json").read_text())
     assert summary["mining"]["rows"] == 15 and summary["mining"]["teacher_scores_removed"] == 1
     assert summary["outputs"]["negatives"] == str(out) and "recall@10" in summary["metrics"]
+    # the sidecar names the corpus, so validate checks the mined rows and LM scoring needs no --corpus
+    from llm_embedder.schema import meta_path, sidecar_corpus
+    from llm_embedder.validate import main as validate_main
+
+    meta = json.loads(meta_path(out).read_text())
+    assert sidecar_corpus(out) == corpus.resolve() and meta["corpus_rows"] == 5183
+    assert meta["key_template"] == "{title} {text}" and meta["counts"]["negatives"] == summary["mining"]["negatives"]
+    assert meta["retrieval"]["retrieval_method"] == "bm25" and meta["mined_from"] == "train.json"
+    assert validate_main([str(out), "--purpose", "train"]) == 0
+
+
+def test_stale_key_aligned_fields_of_the_old_negatives_are_dropped():
+    """An icl row carries per-negative scores (neg_score) and some rows neg_scores: both described the old
+    negatives, so a mined row must not keep them (they would be misaligned with the new ``neg``)."""
+    corpus = Corpus.from_texts(["positive", "a", "b", "c"])
+    record = {"query": "q", "pos_index": [0], "pos_scores": [0.9], "neg": ["old"], "neg_index": [3],
+              "neg_score": [0.1], "neg_scores": [0.2], "teacher_scores": [1.0, 0.0]}
+    (mined,), stats = mine_negatives([record], np.array([[1, 2, 0]]), corpus, max_neg_num=2)
+    assert mined["neg_index"] == [1, 2] and mined["neg"] == ["a", "b"]
+    assert "neg_score" not in mined and "neg_scores" not in mined and "teacher_scores" not in mined
+    assert mined["pos_scores"] == [0.9]  # the positives did not change: their scores stay
+    assert stats.stale_fields_removed == {"neg_score": 1, "neg_scores": 1, "teacher_scores": 1}

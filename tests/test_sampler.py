@@ -177,7 +177,8 @@ def test_dataloader_with_two_workers_gives_the_same_batches():
     (dict(mode="random", dataset_weights=[1, -1, 1]), "--dataset_weights: must be finite, >= 0"),
     (dict(mode="random", dataset_weights=[0, 0, 0]), "--dataset_weights: must be finite, >= 0 and not all 0"),
     (dict(mode="sequential"), "--inbatch_same_dataset: unknown mode 'sequential'"),
-    (dict(per_device_batch_size=5), r"file #2 has 8 examples, fewer than one global batch .* = 10\)"),
+    (dict(per_device_batch_size=5), r"file #2 has 8 examples, fewer than one global batch .* = 10\): it would never "
+                                    r"be trained on; lower --per_device_train_batch_size or use fewer processes"),
 ])
 def test_bad_settings_are_user_errors(kwargs, message):
     kwargs = {"per_device_batch_size": 2, "world_size": 2, **kwargs}

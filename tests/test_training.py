@@ -39,6 +39,9 @@ def test_multitask_training_saves_a_sentence_transformers_model(tiny_bert_nodrop
                         "--max_steps", "4", "--add_instruction"))
     info = json.loads((out / "run_args.json").read_text())
     assert info["versions"]["torch"] == torch.__version__
+    recipes = json.loads((out / "recipes.json").read_text())  # the resolved recipe of each task, with sources
+    assert recipes["qa"]["losses"][1]["name"] == "stable_distill" and recipes["qa"]["sources"]["stable_distill"] == "recipe"
+    assert recipes["chat"]["losses"][0] == {"name": "infonce", "weight": 0.0}
     state = json.loads((out / "trainer_state.json").read_text()) if (out / "trainer_state.json").exists() else None
     texts = ["what is the capital of France?", "Paris is the capital of France."]
     ours = DenseEncoder.from_pretrained(out).encode(texts, side="query", instruction="Represent this query for retrieving relevant documents: ", show_progress=False)
@@ -65,17 +68,37 @@ def test_each_task_logs_its_own_losses(tiny_bert_nodrop, tmp_path):
     assert all(entry["contrastive_chat"] == 0.0 and entry["distill_chat"] > 0 for entry in chat)
 
 
+def test_examples_an_epoch_leaves_out_are_reported(tiny_bert_nodrop, tmp_path, caplog):
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    trainer = build_trainer(*parse_args(base_args(tiny_bert_nodrop, tmp_path / "run", "--train_data", f"{TOY}/qa.json",
+                                                  "--per_device_train_batch_size", "3", "--max_steps", "1")))
+    with caplog.at_level("WARNING"):
+        sampler = trainer.make_batch_sampler()
+    assert sampler.drop_last and sampler.dropped == [2]  # 8 toy records, batches of 3
+    assert "qa.json: 2 of 8 examples are left out of each epoch" in caplog.text
+
+
 @pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_same_run(tiny_bert_nodrop, tmp_path):
     common = ["--train_data", f"{TOY}/qa.json", f"{TOY}/tool.json", "--max_steps", "4", "--save_strategy", "steps",
               "--save_steps", "2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_dense(base_args(tiny_bert_nodrop, straight, *common))
-    # the interrupted run: same arguments, stopped after its step-2 checkpoint
-    run_dense(base_args(tiny_bert_nodrop, resumed, *common[:-4], "--max_steps", "2", "--save_strategy", "steps",
-                        "--save_steps", "2"))
-    # a max_steps-2 run has a different LR schedule; resume from the straight run's own checkpoint instead
-    run_dense(base_args(tiny_bert_nodrop, resumed, *common, "--resume_from_checkpoint", str(straight / "checkpoint-2")))
+    # the interrupted run: the same arguments (same LR schedule), stopped right after its step-2 checkpoint
+    from transformers import TrainerCallback
+
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    class StopAtStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    interrupted = build_trainer(*parse_args(base_args(tiny_bert_nodrop, resumed, *common)))
+    interrupted.add_callback(StopAtStep2())
+    interrupted.train()
+    assert (resumed / "checkpoint-2").is_dir() and not (resumed / "checkpoint-4").exists()
+    run_dense(base_args(tiny_bert_nodrop, resumed, *common, "--resume_from_checkpoint", str(resumed / "checkpoint-2")))
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
     for name in a:

@@ -69,7 +69,8 @@ PYEOF
       run_dense --model_name_or_path "$encoder" --train_data "$scored" --corpus "$corpus" \
         --output_dir "$dir/model" --overwrite_output_dir --train_group_size "$n_keys" \
         --per_device_train_batch_size "${BATCH:-8}" --num_train_epochs "${EPOCHS:-2}" --learning_rate "${LR:-2e-5}" \
-        --cos_temperature 0.05 --stable_distill --logging_steps 1 --save_strategy no ${EXTRA_TRAIN_ARGS:-}
+        --cos_temperature 0.05 --stable_distill --logging_steps 1 --save_strategy no \
+        --add_instruction false --warmup_ratio 0 --weight_decay 0 --negative_cross_device false ${EXTRA_TRAIN_ARGS:-}
       touch "$dir/model/.complete"
     fi
     encoder="$dir/model"

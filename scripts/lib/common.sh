@@ -21,5 +21,6 @@ train_toy_task() {
   run_dense --model_name_or_path "${MODEL:-minilm}" --train_data "$TOY/$task.json" --output_dir "$out" \
     --overwrite_output_dir --add_instruction --per_device_train_batch_size "${BATCH:-4}" \
     --train_group_size "${GROUP:-8}" --query_max_length 128 --key_max_length 128 \
-    --max_steps "${MAX_STEPS:-4}" --learning_rate 5e-6 --logging_steps 1 --save_strategy no "$@"
+    --max_steps "${MAX_STEPS:-4}" --learning_rate 5e-6 --warmup_ratio 0 --weight_decay 0 --negative_cross_device false \
+    --logging_steps 1 --save_strategy no "$@"
 }

@@ -11,7 +11,8 @@ class UserError(ValueError):
 
 
 def cli_guard(main):
-    """Wrap a CLI ``main(argv=None)`` so a :class:`UserError` prints one line and exits 2."""
+    """Wrap a CLI ``main(argv=None)`` so a :class:`UserError` prints one line and exits 2, and a closed
+    stdout (``| head``) ends the command quietly (exit 141, as for SIGPIPE) instead of a traceback."""
     import functools
     import sys
 
@@ -22,5 +23,11 @@ def cli_guard(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except BrokenPipeError:  # `llm-embedder report ... | head`: the reader left; stop quietly like `cat`
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+            raise SystemExit(141) from None
 
     return wrapped

@@ -5,10 +5,10 @@ evaluation (before training when ``--eval_on_start`` was given) next to the last
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from .argparsing import ArgParser
 from .errors import UserError, cli_guard
 
 
@@ -28,7 +28,7 @@ def format_table(rows: list[tuple[str, float, float]], first_label: str, last_la
 
 @cli_guard
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="llm-embedder report", description=__doc__.splitlines()[0])
+    parser = ArgParser(prog="llm-embedder report", description=__doc__.splitlines()[0])
     parser.add_argument("metrics_file", help="metrics.json written by run_dense.py")
     parser.add_argument("--metrics", nargs="*", help="metric names to show, e.g. eval_ndcg@10 (default: all)")
     args = parser.parse_args(argv)

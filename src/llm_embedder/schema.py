@@ -25,6 +25,12 @@ from .resources import resolve_data_path
 TEXT_LIST_FIELDS = ("pos", "neg", "history", "answers")
 INDEX_LIST_FIELDS = ("pos_index", "neg_index")
 ID_LIST_FIELDS = ("pos_ids", "neg_ids")
+# per side, every field that holds one item per key of that side (the key texts first): cut together by
+# run_lm_score --max_keys, dropped or recomputed together when mining replaces the negatives. icl rows carry
+# per-key LM scores (pos_scores, neg_score); converted and mined rows carry the original doc ids.
+KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_ids", "pos_scores"),
+                      "neg": ("neg", "neg_index", "neg_ids", "neg_score", "neg_scores"),
+                      "history": ("history",)}
 MAX_REPORTED_ERRORS = 50
 PROGRESS_MIN_BYTES = 64 << 20  # files larger than this show a tqdm bar while they are parsed
 
@@ -423,13 +429,25 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: str | os.PathLike, write, binary: bool = False) -> Path:
+def default_permissions(path: str | os.PathLike) -> Path:
+    """Give a file (0666) or a directory tree (0777 folders, 0666 files) the permissions a plain ``open`` or
+    ``mkdir`` would, minus the umask: ``mkstemp``/``mkdtemp`` and some writers (safetensors) create 0600/0700."""
+    path, mask = Path(path), _umask()
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    if path.is_dir():
+        for entry in path.rglob("*"):
+            if not entry.is_symlink():
+                os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write, binary: bool = False) -> Path:
     """Run ``write(file)`` on a temp file in the target folder (text, UTF-8, or bytes), then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        default_permissions(tmp)  # mkstemp creates 0600; give the file the usual permissions
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as out:
             write(out)
         os.replace(tmp, path)
@@ -437,6 +455,9 @@ def _atomic_write(path: str | os.PathLike, write, binary: bool = False) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+_atomic_write = atomic_write  # the old private name
 
 
 def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
@@ -451,7 +472,7 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
             except ValueError as err:
                 raise ValueError(f"{path}: record {i} cannot be written as JSON: {err}") from None
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -460,7 +481,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
         json.dump(obj, out, ensure_ascii=False, indent=2, default=str)
         out.write("\n")
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -471,7 +492,7 @@ def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
 
-    return _atomic_write(path, write, binary=True)
+    return atomic_write(path, write, binary=True)
 
 
 # ------------------------------------------------------------------------------------------------ naming

@@ -14,13 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 from .corpus import Corpus, load_corpus
+from .argparsing import ArgParser
 from .errors import UserError, cli_guard
 from .resources import resolve_data_path
 from .schema import PURPOSES, file_problems, parse_json_file, sidecar_corpus, RecordFile
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-embedder validate",
+    p = ArgParser(prog="llm-embedder validate",
                                 description="Check schema files and report every problem as file:line: field: what.")
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL (or JSON array) record files")
     p.add_argument("--purpose", choices=PURPOSES, default="any",
@@ -51,14 +52,39 @@ class CorpusCache:
         return self.loaded[path]
 
 
+BEIR_HINT = "convert it first: llm-embedder convert beir {folder} --output_dir DIR (then validate DIR/<split>.json)"
+
+
+def beir_layout(path: Path, records: list[dict] | None = None) -> str | None:
+    """A one-line explanation when ``path`` is a BEIR folder, or a BEIR ``corpus.jsonl`` / ``queries.jsonl``
+    (rows with ``_id`` and ``text`` but no ``query``), instead of a schema file; None otherwise."""
+    if path.is_dir():
+        if (path / "corpus.jsonl").is_file() and (path / "queries.jsonl").is_file():
+            return f"{path}: is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/), not a schema file; " + \
+                BEIR_HINT.format(folder=path)
+        return f"{path}: is a folder; pass schema files (JSON lines with a 'query' field)"
+    if records and all("_id" in r and "text" in r and "query" not in r for r in records):
+        kind = "queries" if path.name.startswith("queries") else "corpus"
+        role = "the corpus (rows are keys)" if kind == "corpus" else "the queries"
+        return f"{path}: is a BEIR {kind} file (rows with _id and text, no query): it is {role} of a BEIR folder, " \
+               "not schema records; " + BEIR_HINT.format(folder=path.parent)
+    return None
+
+
 def check_file(path: str, purpose: str, known: list[str], corpus_arg: Path | None,
                corpora: CorpusCache) -> tuple[bool, list[str]]:
     """``(ok, lines to print)`` for one file."""
+    hint = beir_layout(resolve_data_path(path))
+    if hint is not None:
+        return False, [hint]
     try:
         corpus_path = corpus_arg or sidecar_corpus(path)
         rpath, records, lines, parse_problems = parse_json_file(path)
     except UserError as err:
         return False, str(err).splitlines()
+    hint = beir_layout(rpath, records)
+    if hint is not None:
+        return False, [hint]
     corpus = None
     if corpus_path is not None:
         corpus = corpora.get(corpus_path)

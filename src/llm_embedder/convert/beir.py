@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..corpus import ids_to_rows, read_corpus_ids
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from ..resources import DATA_PREFIX, data_root, resolve_data_path
 from ..schema import (copy_atomic, meta_path, raise_if_errors, read_json_objects, read_records, validate_record,
@@ -310,7 +311,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _relative(path: Path, folder: Path) -> str:
+def portable_path(path: Path, folder: Path) -> str:
     """How a sidecar names ``path`` so that it stays valid when folders move.
 
     Inside ``folder``: relative to it (``corpus.jsonl``); inside the data root: ``llm-embedder:NAME/...``;
@@ -334,17 +335,17 @@ def split_meta(result: BeirSplit, output_dir: Path, corpus: Path, corpus_rows: i
         "converted_from": "beir",
         "split": result.split,
         "records": f"{result.split}.json",
-        "corpus": _relative(corpus, output_dir),
+        "corpus": portable_path(corpus, output_dir),
         "corpus_rows": corpus_rows,
         "sources": {
-            "beir_dir": _relative(src["beir_dir"], output_dir),
-            "corpus": _relative(src["corpus"], output_dir),
-            "queries": _relative(src["queries"], output_dir),
-            "qrels": _relative(src["qrels"], output_dir),
-            "extra_qrels": [_relative(p, output_dir) for p in src["extra_qrels"]],
-            "negatives_from": None if src["negatives_from"] is None else _relative(src["negatives_from"], output_dir),
+            "beir_dir": portable_path(src["beir_dir"], output_dir),
+            "corpus": portable_path(src["corpus"], output_dir),
+            "queries": portable_path(src["queries"], output_dir),
+            "qrels": portable_path(src["qrels"], output_dir),
+            "extra_qrels": [portable_path(p, output_dir) for p in src["extra_qrels"]],
+            "negatives_from": None if src["negatives_from"] is None else portable_path(src["negatives_from"], output_dir),
         },
-        "sha256": {_relative(p, output_dir): _sha256(p) for p in files},
+        "sha256": {portable_path(p, output_dir): _sha256(p) for p in files},
         "options": options,
         "counts": result.counts,
     }
@@ -360,7 +361,7 @@ def _grade_arg(text: str) -> int | float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="llm-embedder convert beir",
         description="Convert a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) into schema records "
                     "{output_dir}/{split}.json that point at corpus rows, plus a {split}.meta.json sidecar.")
@@ -379,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more qrels (BEIR TSV or TREC) merged into SPLIT, e.g. train=mined_negatives.tsv")
     p.add_argument("--negatives_from", default=None, metavar="PATH",
                    help="schema file whose neg_ids (or neg_index) are added as negatives, matched by query_id")
-    p.add_argument("--task", default=None, help="write this task name into every record (e.g. qa)")
+    p.add_argument("--task", default="qa",
+                   help="task name written into every record and the sidecar; it picks the LM-scoring template "
+                        "(run_lm_score.py --template auto), the instructions and the loss recipe (default qa)")
     p.add_argument("--write_corpus", action="store_true",
                    help="copy corpus.jsonl to {output_dir}/corpus.json and point the records at the copy")
     return p
@@ -422,11 +425,17 @@ def main(argv: list[str] | None = None) -> int:
                "below_min_as_negatives": args.below_min_as_negatives,
                "graded_as_teacher_scores": args.graded_as_teacher_scores, "task": args.task}
 
-    results = [convert_beir_split(folder, split, args.min_score, args.max_score,
-                                  below_min_as_negatives=args.below_min_as_negatives,
-                                  graded_as_teacher_scores=args.graded_as_teacher_scores,
-                                  extra_qrels=extra.get(split, []), negatives_from=args.negatives_from, task=args.task)
-               for split in splits]  # every split is converted (and every error found) before anything is written
+    results, problems = [], []
+    for split in splits:  # every split is converted (and every error in every split found) before anything is written
+        try:
+            results.append(convert_beir_split(folder, split, args.min_score, args.max_score,
+                                              below_min_as_negatives=args.below_min_as_negatives,
+                                              graded_as_teacher_scores=args.graded_as_teacher_scores,
+                                              extra_qrels=extra.get(split, []), negatives_from=args.negatives_from,
+                                              task=args.task))
+        except UserError as err:
+            problems.extend(str(err).splitlines())
+    raise_if_errors(problems)
 
     corpus = folder.corpus_path
     if args.write_corpus:

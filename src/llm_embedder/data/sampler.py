@@ -63,8 +63,8 @@ class TaskBatchSampler(torch.utils.data.Sampler):
             f = too_small[0]
             raise UserError(f"--train_data: file #{f} has {self.dataset_sizes[f]} examples, fewer than one global batch "
                             f"(per_device_train_batch_size {self.per_device_batch_size} × {self.world_size} processes "
-                            f"= {self.global_batch_size}): it would never be trained on; lower the batch size or "
-                            "turn drop_last off (the batch is then padded by repeating examples)")
+                            f"= {self.global_batch_size}): it would never be trained on; lower --per_device_train_batch_size "
+                            "or use fewer processes (run_dense.py drops each file's last partial batch)")
         self.epoch = 0
         self._skip = 0  # batches of ``self.epoch`` already consumed before a resume
         self._yielded = 0  # batches yielded so far in the current epoch (including the skipped ones)

@@ -53,6 +53,30 @@ def converted_dir(alias: str) -> Path:
     return cache_dir() / "lm" / alias
 
 
+def gguf_add_bos(gguf_path: str | os.PathLike) -> bool | None:
+    """The GGUF file's ``tokenizer.ggml.add_bos_token`` flag (None when the file does not say or is unreadable)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    except (ValueError, OSError):  # not a GGUF header transformers could have read either: keep the tokenizer's
+        return None
+    return None if field is None or not field.data else bool(field.parts[field.data[0]][0])
+
+
+def apply_gguf_bos(tokenizer, gguf_path: str | os.PathLike):
+    """Make ``tokenizer`` add a BOS exactly when the GGUF file says the model expects one.
+
+    transformers' GGUF conversion builds a LlamaTokenizerFast that always adds BOS, even for SmolLM2,
+    whose GGUF says ``add_bos_token = false`` (it was trained without one); LM scoring prepends what the
+    tokenizer adds (``lm.tokens.special_prefix``), so the flag must be the model's.
+    """
+    flag = gguf_add_bos(gguf_path)
+    if flag is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = flag
+    return tokenizer
+
+
 def convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> Path:
     """Dequantise ``src_dir/gguf_file`` to float32 safetensors in ``dest`` (temp folder, then rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,7 +87,7 @@ def convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> Path:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
+        tokenizer = apply_gguf_bos(AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file), src_dir / gguf_file)
         model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=torch.float32)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp, legacy_format=False)  # tokenizer.json only, no 98 MB slow-tokenizer file
@@ -109,13 +133,19 @@ def local_lm_dir(name_or_path: str | os.PathLike, argument: str = "--model_name_
 
 
 def load_tokenizer(folder: Path, argument: str = "--model_name_or_path"):
-    """The LM's tokenizer; callers tokenise with ``add_special_tokens=False`` (no BOS is prepended)."""
+    """The LM's tokenizer; for a converted GGUF, adding BOS exactly as the GGUF says (:func:`apply_gguf_bos`)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{argument}: cannot load a tokenizer from {folder}: {_first_line(err)}") from None
+    info_path = Path(folder) / CONVERSION_INFO
+    if info_path.is_file():  # also fixes conversions cached before the flag was applied
+        source = json.loads(info_path.read_text(encoding="utf-8")).get("source")
+        if source and Path(source).is_file():
+            apply_gguf_bos(tokenizer, source)
+    return tokenizer
 
 
 def load_model(folder: Path, dtype: str | torch.dtype = "float32", argument: str = "--model_name_or_path") -> torch.nn.Module:
@@ -146,4 +176,4 @@ def load_lm(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "float32
     return LoadedLM(model, tokenizer, folder, alias, source, name)
 
 
-__all__ = ["LoadedLM", "load_lm", "load_tokenizer", "load_model", "converted_dir", "convert_gguf", "local_lm_dir", "dtype_name", "DTYPES"]
+__all__ = ["apply_gguf_bos", "gguf_add_bos", "LoadedLM", "load_lm", "load_tokenizer", "load_model", "converted_dir", "convert_gguf", "local_lm_dir", "dtype_name", "DTYPES"]

@@ -5,28 +5,34 @@ without keys, keys given as corpus rows without ``--corpus``, a row with no answ
 template, a row without ``task`` under ``--template auto``, an answer too long for ``--max_length``.
 Each problem names its ``file:line``.
 
-Token bookkeeping is exact: the prompt and the target are tokenised separately (no special tokens) and
-their ids concatenated, so the scored tokens are precisely the target's tokens. A key longer than
-``key_max_length`` tokens is cut at that token's character offset; a prompt that does not fit in
-``max_length`` together with its target loses tokens from the LEFT, so the target is always scored whole.
+Token bookkeeping is exact for any tokenizer (:mod:`llm_embedder.lm.tokens`): ``prompt + target`` is
+tokenised as one text and split at the target's first character, and the tokenizer's BOS (if it adds
+one) starts every prompt. A key longer than ``key_max_length`` tokens is cut at that token's character
+offset; a prompt that does not fit in ``max_length`` together with its target loses the left end of its
+context first, then the end of its key (counted in the stats and logged), so the key stays in the prompt
+and the target is always scored whole.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 from ..corpus import Corpus
 from ..errors import UserError
-from ..schema import RecordFile, raise_if_errors, uses_history
+from ..schema import KEY_ALIGNED_FIELDS, RecordFile, raise_if_errors, uses_history, validate_records
 from .templates import LMTemplate, get_template, template_for_task
+from .tokens import fit_pair, special_prefix, split_pairs
+
+logger = logging.getLogger(__name__)
+# fit_pair's "what was cut" -> the stats name
+CUT_NAMES = {"context": "context", "key": "key", "left": "from_left"}
 
 AUTO = "auto"
-# fields that line up with the key list, truncated together by --max_keys (icl rows carry per-key scores;
-# converted and mined rows carry the original document ids)
-KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_ids", "pos_scores"),
-                      "neg": ("neg", "neg_index", "neg_ids", "neg_score", "neg_scores"),
-                      "history": ("history",)}
 
 
 @dataclass
@@ -89,9 +95,21 @@ def _key_texts(record: dict, side: str, corpus: Corpus | None, where: str, probl
     return [corpus.texts[i] for i in rows]
 
 
-def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = None,
+def as_record_file(records: RecordFile | Sequence[dict], corpus: Corpus | None = None) -> RecordFile:
+    """A :class:`RecordFile` as is; a list of records checked like a file (``<records>:N`` in messages)."""
+    if isinstance(records, RecordFile):
+        return records
+    if isinstance(records, dict) or not all(isinstance(r, dict) for r in records):
+        raise TypeError("records: expected a RecordFile or a list of dicts")
+    rf = RecordFile(Path("<records>"), list(records))
+    raise_if_errors(validate_records(rf, purpose="score", corpus_size=len(corpus) if corpus is not None else None))
+    return rf
+
+
+def plan_rows(rf: RecordFile | Sequence[dict], *, template: str = AUTO, corpus: Corpus | None = None,
               max_queries: int | None = None, max_keys: int | None = None) -> tuple[list[dict], list[RowPlan]]:
     """Check every row and decide its keys, template and targets; raise one UserError listing all problems."""
+    rf = as_record_file(rf, corpus)
     records = rf.records[:max_queries] if max_queries else rf.records
     fixed = None if template == AUTO else get_template(template)
     problems: list[str] = []
@@ -101,8 +119,8 @@ def plan_rows(rf: RecordFile, *, template: str = AUTO, corpus: Corpus | None = N
         if fixed is not None:
             tmpl = fixed
         elif not record.get("task"):
-            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task "
-                            "(or pass --template NAME)")
+            problems.append(f"{where}: task: missing; --template auto picks the template by each row's task: "
+                            "write one into the rows (llm-embedder convert beir --task qa) or pass --template NAME")
             continue
         else:
             try:
@@ -176,37 +194,47 @@ def truncate_keys(tokenizer, keys: list[str], key_max_length: int) -> tuple[dict
     return out, cut
 
 
-def build_plan(rf: RecordFile, tokenizer, *, template: str = AUTO, corpus: Corpus | None = None,
+def build_plan(rf: RecordFile | Sequence[dict], tokenizer, *, template: str = AUTO, corpus: Corpus | None = None,
                max_length: int = 1024, key_max_length: int = 256, max_queries: int | None = None,
                max_keys: int | None = None) -> ScoringPlan:
-    """Rows and tokenised pairs for a record file; all input errors are raised before any scoring."""
+    """Rows and tokenised pairs for a record file (or a list of records); all input errors are raised before
+    any scoring."""
+    rf = as_record_file(rf, corpus)
     rows, plans = plan_rows(rf, template=template, corpus=corpus, max_queries=max_queries, max_keys=max_keys)
     cut_keys, n_cut_keys = truncate_keys(tokenizer, [k for p in plans for k in p.keys], key_max_length)
 
-    prompts = [p.template.render_prompt(key=cut_keys[k], query=p.query, context=p.context) for p in plans for k in p.keys]
-    prompt_ids = _encode(tokenizer, prompts)["input_ids"] if prompts else []
-    unique_targets = list(dict.fromkeys(t for p in plans for t in p.targets))
-    target_ids = dict(zip(unique_targets, _encode(tokenizer, unique_targets)["input_ids"])) if unique_targets else {}
+    prefix = special_prefix(tokenizer)  # BOS for Llama-style tokenizers, nothing for GPT-2 style ones
+    room = max_length - len(prefix)
+    jobs = [(r, k, a) for r, p in enumerate(plans) for k in range(len(p.keys)) for a in range(len(p.targets))]
+    prompts = [plans[r].template.render_prompt(key=cut_keys[plans[r].keys[k]], query=plans[r].query,
+                                               context=plans[r].context) for r, k, _ in jobs]
+    split = split_pairs(tokenizer, prompts, [plans[r].targets[a] for r, _, a in jobs])
 
-    pairs, problems, n_cut_prompts, cursor = [], [], 0, 0
-    for r, plan in enumerate(plans):
-        for a, target in enumerate(plan.targets):
-            if len(target_ids[target]) > max_length - 1:
-                problems.append(f"{rf.where(plan.index)}: answers: answer {a} has {len(target_ids[target])} tokens; "
-                                f"--max_length {max_length} leaves room for at most {max_length - 1}")
-        for k in range(len(plan.keys)):
-            ids = prompt_ids[cursor + k]
-            for a, target in enumerate(plan.targets):
-                tgt = target_ids[target]
-                room = max_length - len(tgt)
-                kept = ids[-room:] if len(ids) > room else ids
-                n_cut_prompts += len(kept) < len(ids)
-                pairs.append(Pair(r, k, a, list(kept), list(tgt)))
-        cursor += len(plan.keys)
+    pairs, problems, cuts, too_long = [], [], Counter(), set()
+    for (r, k, a), (prompt_ids, target_ids, spans) in zip(jobs, split):
+        plan = plans[r]
+        if len(target_ids) > room - 1:
+            if (r, a) not in too_long:
+                too_long.add((r, a))
+                problems.append(f"{rf.where(plan.index)}: answers: answer {a} has {len(target_ids)} tokens; "
+                                f"--max_length {max_length} leaves room for at most {room - 1}")
+            continue
+        cuts["target_starts_inside_a_prompt_token"] += spans
+        if len(prompt_ids) + len(target_ids) > room:
+            prompt_ids, target_ids, cut = fit_pair(tokenizer, plan.template, cut_keys[plan.keys[k]], plan.query,
+                                                   plan.context, plan.targets[a], room)
+            cuts[f"prompts_cut_{CUT_NAMES[cut]}"] += 1
+        pairs.append(Pair(r, k, a, prefix + prompt_ids, target_ids))
     raise_if_errors(problems)
+    if cuts["prompts_cut_context"] or cuts["prompts_cut_key"] or cuts["prompts_cut_from_left"]:
+        logger.warning("%d of %d prompts did not fit in --max_length %d with their target: %d lost the left end of "
+                       "their context, %d the end of their key (context already empty), %d their left end (the query "
+                       "alone was too long)", sum(cuts[f"prompts_cut_{n}"] for n in CUT_NAMES.values()), len(pairs),
+                       max_length, cuts["prompts_cut_context"], cuts["prompts_cut_key"], cuts["prompts_cut_from_left"])
     stats = {"rows_in_file": len(rf.records), "rows": len(rows), "keys": sum(len(p.keys) for p in plans),
              "pairs": len(pairs), "target_tokens": sum(len(p.target_ids) for p in pairs),
              "total_tokens": sum(p.length for p in pairs), "distinct_keys_cut_to_key_max_length": n_cut_keys,
-             "prompts_cut_from_left": n_cut_prompts,
+             "special_prefix_ids": prefix, **{f"prompts_cut_{n}": cuts[f"prompts_cut_{n}"] for n in CUT_NAMES.values()},
+             "target_starts_inside_a_prompt_token": cuts["target_starts_inside_a_prompt_token"],
              "rows_with_keys_cut_by_max_keys": sum(bool(p.truncated_fields) for p in plans)}
     return ScoringPlan(rows, plans, pairs, stats)

@@ -21,28 +21,29 @@ import torch
 
 from .. import __version__
 from ..corpus import load_corpus
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
+from .api import ANSWER_POLICIES, teacher_scores_from_pairs as aggregate
 from .checkpoint import PartialScores, remove_partial
 from .loading import load_model, load_tokenizer, local_lm_dir
-from .pairs import AUTO, ScoringPlan, build_plan
+from .pairs import AUTO, ScoringPlan, build_plan, plan_rows
 from .scorer import LMScorer, pack_batches
 from .templates import template_names
 
 NORMALISATION = "mean log-probability per answer token"
-ANSWER_POLICIES = ("mean", "max")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_lm_score.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(prog="run_lm_score.py", description=__doc__.splitlines()[0])
     p.add_argument("--eval_data", required=True, help="schema file to score (llm-embedder:... paths allowed)")
     p.add_argument("--corpus", help="JSONL corpus that pos_index/neg_index refer to "
-                   "(default: the corpus named in the file's .meta.json sidecar, if any)")
+                   "(default: the corpus named in the file's .meta.json sidecar, if any; none otherwise)")
     p.add_argument("--key_template", help="format of a corpus row as key text, e.g. '{title} {text}'")
     p.add_argument("--model_name_or_path", default="smollm2", help="causal LM: alias (smollm2) or local HF folder")
-    p.add_argument("--save_name", required=True, help="output is {name}.scored.{save_name}.json")
+    p.add_argument("--save_name", default=None,
+                   help="output is {name}.scored.{save_name}.json (default: the LM's alias or folder name, e.g. smollm2)")
     p.add_argument("--output_dir", help="folder for the output (default: next to --eval_data)")
     p.add_argument("--template", default=AUTO, choices=[AUTO, *template_names()],
                    help="prompt template; auto picks each row's task's template")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_queries", type=int, help="score only the first N rows")
     p.add_argument("--max_keys", type=int, help="score only the first N keys of each row (pos first)")
     p.add_argument("--save_every", type=int, default=256, help="checkpoint finished pairs every N pairs; 0 = never")
+    p.add_argument("--verbose", action="store_true", help="show third-party startup messages (datasets, DeepSpeed, tokenizers)")
     return p
 
 
@@ -70,6 +72,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--token_budget ({args.token_budget}) must be at least --max_length ({args.max_length})")
     if args.save_every < 0:
         raise UserError(f"--save_every: must be 0 (never) or positive, got {args.save_every}")
+    if args.save_name is None:
+        args.save_name = Path(str(args.model_name_or_path).rstrip("/")).name
     if not args.save_name.strip() or "/" in args.save_name:
         raise UserError(f"--save_name: '{args.save_name}' must be a non-empty name without '/'")
 
@@ -80,15 +84,6 @@ def check_max_length(folder: Path, max_length: int) -> None:
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_length > positions:
         raise UserError(f"--max_length: {max_length} exceeds the LM's {positions} positions ({folder / 'config.json'})")
-
-
-def aggregate(plan: ScoringPlan, pair_scores: list[float], policy: str) -> list[list[float]]:
-    """Per row, per key: the answer policy applied to the key's per-answer scores."""
-    combine = {"mean": lambda xs: sum(xs) / len(xs), "max": max}[policy]
-    per_key: list[list[list[float]]] = [[[] for _ in rp.keys] for rp in plan.row_plans]
-    for pair, score in zip(plan.pairs, pair_scores):
-        per_key[pair.row][pair.key].append(score)
-    return [[combine(answers) for answers in row] for row in per_key]
 
 
 def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Path, corpus, seconds: float,
@@ -166,6 +161,8 @@ def run(args: argparse.Namespace) -> Path | None:
         raise UserError("--key_template: formats corpus rows, but there is no --corpus")
     corpus = load_corpus(corpus_path, args.key_template) if corpus_path else None
     rf = read_records(args.eval_data, purpose="score", corpus_size=len(corpus) if corpus else None)
+    # every row-level check (task, keys, answers for the template) before the LM is located or converted
+    plan_rows(rf, template=args.template, corpus=corpus, max_queries=args.max_queries, max_keys=args.max_keys)
     output = derived_path(rf.path, "scored", args.save_name, args.output_dir)
     rank, world = dist_utils.setup()
     try:
@@ -198,7 +195,11 @@ def run(args: argparse.Namespace) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(build_parser().parse_args(argv))
+    from ..noise import quiet_third_party
+
+    args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
+    run(args)
     return 0
 
 

@@ -3,8 +3,9 @@
 A key's score is the mean log-probability of the target tokens given the prompt. Each template is two
 ``str.format`` strings over the fields ``key``, ``query``, ``context`` (prompt) and ``answer`` or ``query``
 (target). The strings are recorded verbatim in every scored file's meta, so a teacher file says exactly what
-the LM was asked. The prompt and the target are tokenised separately and their ids concatenated, so the
-target's leading space (``" {answer}"``) belongs to the target, as a tokenizer would split it in running text.
+the LM was asked. ``prompt + target`` is tokenised as one text and split at the target's first character
+(:mod:`llm_embedder.lm.tokens`), so the target's leading space (``" {answer}"``) belongs to the target
+exactly as the tokenizer splits it in running text, for byte-level BPE and SentencePiece alike.
 
 ``query_likelihood`` (UPR) scores p(query | key) for data without answers, such as SciFact; it is chosen
 explicitly, never as a silent fallback for rows that lack answers.

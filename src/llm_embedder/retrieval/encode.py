@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -35,17 +34,9 @@ SETTING_NAMES = ("pooling_method", "normalize", "query_max_length", "key_max_len
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """``np.save`` to a temp file in the same folder, then rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.save(out, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..schema import atomic_write
+
+    return atomic_write(path, lambda out: np.save(out, np.ascontiguousarray(array), allow_pickle=False), binary=True)
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:
@@ -195,7 +186,7 @@ def encode_chunks(encoder, texts: Sequence[str], chunks: list[tuple[int, int]], 
     todo = [c for c in chunks if cache is None or not cache.has_chunk(*c)]
     if cache is not None and len(todo) < len(chunks):
         logger.info("resuming: %d of %d chunks already encoded in %s", len(chunks) - len(todo), len(chunks), cache.dir)
-    bar = tqdm(total=sum(e - s for s, e in todo), desc=f"encoding {side}s", unit="text", disable=not show_progress)
+    bar = tqdm(total=sum(e - s for s, e in todo), desc=f"encoding {'queries' if side == 'query' else side + 's'}", unit="text", disable=not show_progress)
     for start, end in chunks:
         if cache is not None and cache.has_chunk(start, end):
             out.append(load_npy(cache.chunk_path(start, end)))

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
 from ..schema import write_json
@@ -21,21 +22,26 @@ logger = logging.getLogger("llm_embedder.encode")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-embedder encode", description=__doc__.split("\n\n")[0],
+    p = ArgParser(prog="llm-embedder encode", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", "--query_encoder", dest="model", default="minilm", help="encoder folder or alias")
-    p.add_argument("--input", required=True, help="corpus JSONL (--side key) or schema records (--side query)")
+    p.add_argument("--model", "--query_encoder", "--model_name_or_path", dest="model", default="minilm", help="encoder folder or alias")
+    p.add_argument("--input", "--dataset_path", "--encode_in_path", required=True, help="corpus JSONL (--side key) or schema records (--side query)")
     p.add_argument("--side", choices=("key", "query"), default="key")
-    p.add_argument("--output", required=True, help="output prefix: writes PREFIX.npy and PREFIX.json")
+    p.add_argument("--encode_is_query", "--encode_is_qry", dest="side", action="store_const", const="query",
+                   help="Tevatron: same as --side query")
+    p.add_argument("--output", "--encode_output_path", "--encoded_save_path", required=True,
+                   help="output prefix: writes PREFIX.npy and PREFIX.json (a Tevatron .pkl name loses its suffix)")
     p.add_argument("--key_template", default=None, help='corpus row -> key text, e.g. "{title} {text}"')
-    p.add_argument("--num_shards", type=int, default=None, help="split the rows into N contiguous shards")
-    p.add_argument("--shard_index", type=int, default=None, help="which shard to encode (0-based)")
+    p.add_argument("--num_shards", "--dataset_number_of_shards", "--encode_num_shard", type=int, default=None, help="split the rows into N contiguous shards")
+    p.add_argument("--shard_index", "--dataset_shard_index", "--encode_shard_index", type=int, default=None, help="which shard to encode (0-based)")
     p.add_argument("--add_instruction", action="store_true", help="prepend the task's instruction for --side")
     p.add_argument("--task", default="qa", help="task whose instruction --add_instruction uses")
-    p.add_argument("--pooling_method", default=None, help="default: the model's saved setting")
-    p.add_argument("--query_max_length", type=int, default=None)
-    p.add_argument("--key_max_length", type=int, default=None)
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--pooling_method", "--pooling", default=None, help="default: the model's saved setting")
+    p.add_argument("--query_max_length", "--query_max_len", "--q_max_len", type=int, default=None)
+    p.add_argument("--key_max_length", "--passage_max_len", "--p_max_len", type=int, default=None)
+    p.add_argument("--append_eos_token", "--append_eos", dest="append_eos", action=BoolFlag, default=None,
+                   help="end every text with EOS (default: the model's saved setting)")
+    p.add_argument("--batch_size", "--per_device_eval_batch_size", type=int, default=64)
     p.add_argument("--chunk_size", type=int, default=256, help="rows per cached chunk (the unit of resuming and sharding)")
     p.add_argument("--cache_dir", default=None, help="chunk cache for resuming (default $LLM_EMBEDDER_CACHE or .cache)")
     return p
@@ -56,12 +62,15 @@ def _shard(args) -> tuple[int, int]:
 
 
 def output_paths(prefix: str, num_shards: int, shard_index: int) -> tuple[Path, Path]:
+    prefix = prefix.removesuffix(".pkl").removesuffix(".npy")  # Tevatron names its pickles x.pkl; we write x.npy + x.json
     stem = f"{prefix}.shard{shard_index}of{num_shards}" if num_shards > 1 else prefix
     return Path(f"{stem}.npy"), Path(f"{stem}.json")
 
 
 @cli_guard
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, build_encoder=None) -> int:
+    """``build_encoder(model_dir, pooling_method=, query_max_length=, key_max_length=)`` defaults to
+    ``DenseEncoder.from_pretrained``; the JAX encoder (llm_embedder.jax.encode) passes its own."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     num_shards, shard_index = _shard(args)
@@ -90,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..modeling.encoder import DenseEncoder
     from .encode import encode_texts, save_npy, shard_rows
 
-    encoder = DenseEncoder.from_pretrained(model_dir, pooling_method=args.pooling_method,
-                                           query_max_length=args.query_max_length, key_max_length=args.key_max_length)
+    encoder = (build_encoder or DenseEncoder.from_pretrained)(
+        model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
+        query_max_length=args.query_max_length, key_max_length=args.key_max_length)
     instruction = ""
     if args.add_instruction:
         from .eval_cli import _instructions

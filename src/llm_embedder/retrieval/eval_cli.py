@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 from ..corpus import load_corpus
+from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
 from .dense import INDEX_TYPES, IndexParams
-from .metrics import METRICS, check_metrics, write_trec_run
+from .metrics import ANSWER_METRICS, METRICS, check_metrics, write_trec_run
 
 logger = logging.getLogger("llm_embedder.eval_retrieval")
 
@@ -34,7 +35,7 @@ ACTIONS = ("collate_neg",)  # --metrics entries that write files instead of comp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.eval_retrieval", description=__doc__.split("\n\n")[0],
+    p = ArgParser(prog="python -m evaluation.eval_retrieval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--eval_data", required=True, help="schema records (JSONL); llm-embedder:scifact/test.json works")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--retrieval_method", choices=("dense", "bm25"), default="dense")
     ret.add_argument("--metrics", nargs="+", default=["mrr", "recall", "ndcg"],
                      help=f"any of {', '.join(METRICS + ACTIONS)}")
-    ret.add_argument("--cutoffs", nargs="+", type=int, default=[1, 10, 100])
+    ret.add_argument("--cutoffs", nargs="+", type=int, default=[1, 5, 10, 100])
     ret.add_argument("--hits", type=int, default=200, help="retrieval depth per query")
 
     dense = p.add_argument_group("dense")
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--pooling_method", default=None, help="cls | mean | last (default: the model's saved setting)")
     dense.add_argument("--query_max_length", type=int, default=None)
     dense.add_argument("--key_max_length", type=int, default=None)
-    dense.add_argument("--add_instruction", action="store_true", help="prepend the task's instructions")
+    dense.add_argument("--add_instruction", action=BoolFlag, default=None,
+                       help="prepend the task's instructions (default: only a saved model's own instructions, if it has any)")
     dense.add_argument("--task", default=None, help="task whose instructions --add_instruction uses (default: the "
                        "records' task field, else qa); a saved model's own instructions win over the registry's")
     dense.add_argument("--batch_size", type=int, default=64)
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--max_neg_num", type=int, default=100)
     mine.add_argument("--neg_start", type=int, default=0, help="skip the first N retrieved ranks")
     mine.add_argument("--filter_answers", action="store_true", help="drop keys that contain one of the answers")
+    p.add_argument("--verbose", action="store_true", help="show third-party startup messages (faiss, datasets, DeepSpeed)")
     return p
 
 
@@ -128,6 +131,14 @@ def _instructions(encoder, task: str) -> tuple[str, str]:
     return recipe.query_instruction, recipe.key_instruction
 
 
+def _chosen_instructions(encoder, task: str, add_instruction: bool | None) -> tuple[str, str]:
+    """``--add_instruction`` true: the task's instructions; false: none; not given: the saved model's own, if any."""
+    if add_instruction is None:
+        saved = getattr(encoder, "instructions", None) or {}
+        return tuple(saved[task]) if task in saved else ("", "")
+    return _instructions(encoder, task) if add_instruction else ("", "")
+
+
 def validate_args(args) -> None:
     metrics, cutoffs = check_metrics(args.metrics, args.cutoffs, extra=ACTIONS)
     args.metrics, args.cutoffs = metrics, cutoffs
@@ -153,10 +164,13 @@ def validate_args(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .evaluate import (_check_hits, check_answers, dense_topk, positive_rows, query_ids, score_topk,
                            subsample_label, subsample_rows)
-    from .mining import check_mining_args, mine_negatives
+    from .mining import check_mining_args, mine_negatives, write_mined_sidecar
+
+    from ..noise import quiet_third_party
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
     started = time.time()
     validate_args(args)
     eval_metrics = [m for m in args.metrics if m not in ACTIONS]
@@ -174,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.corpus, key_template=args.key_template)
     if not len(corpus):
         raise UserError(f"--corpus: {args.corpus} has no rows")
-    rf = read_records(args.eval_data, purpose="eval" if eval_metrics else "any", corpus_size=len(corpus))
+    # answers-only records are enough for --metrics nq (answer recall), as in the reference
+    needs_positives = any(m not in ANSWER_METRICS for m in eval_metrics) or bool(args.corpus_subsample)
+    rf = read_records(args.eval_data, purpose="eval" if needs_positives else "any", corpus_size=len(corpus))
     if args.max_queries:
         rf.records, rf.lines = rf.records[:args.max_queries], rf.lines[:args.max_queries]
     records = rf.records
     qids = query_ids(rf)
-    pos_rows = positive_rows(rf, corpus) if eval_metrics or args.corpus_subsample else None
+    pos_rows = positive_rows(rf, corpus) if needs_positives else [[] for _ in records]
     check_answers(rf, eval_metrics)
     if args.filter_answers and not mining:
         raise UserError("--filter_answers: only used with --metrics collate_neg")
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = DenseEncoder.from_pretrained(model_dir, pooling_method=args.pooling_method,
                                                query_max_length=args.query_max_length,
                                                key_max_length=args.key_max_length)
-        instructions = _instructions(encoder, _task_of(records, args.task)) if args.add_instruction else ("", "")
+        instructions = _chosen_instructions(encoder, _task_of(records, args.task), args.add_instruction)
         keep = None
         if args.corpus_subsample:
             keep = subsample_rows(len(corpus), [r for p in pos_rows for r in p], args.corpus_subsample, args.seed)
@@ -248,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                                       filter_answers=args.filter_answers)
         neg_path = derived_path(rf.path, "neg", save_name, args.output_dir)
         write_records(neg_path, mined)
+        retrieval = {k: getattr(args, k) for k in ("retrieval_method", "query_encoder", "bm25_backend", "hits",
+                                                   "max_neg_num", "neg_start", "filter_answers")}
+        write_mined_sidecar(neg_path, rf.path, corpus, args.key_template, stats, retrieval)
         outputs["negatives"] = str(neg_path)
         summary["mining"] = stats.as_dict()
         print(f"wrote {neg_path} ({stats.rows} rows, {stats.negatives} negatives, "

@@ -17,10 +17,11 @@ Conventions (the same as ``trec_eval -c``):
 from __future__ import annotations
 
 import os
-import re
-import string
+import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
+
+import regex
 
 from ..errors import UserError
 
@@ -86,25 +87,29 @@ def _trec_per_query(run: Run, qrels: Qrels, name: str, cutoffs: list[int]) -> di
     return out
 
 
-# ---- answer recall (DPR / SQuAD normalisation) ----
+# ---- answer recall (DPR's tokenised string matching) ----
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+# DPR's SimpleTokenizer (dpr/utils/tokenizers.py): runs of letters/digits/marks, or one other non-space char
+_DPR_TOKEN = regex.compile(r"([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])", flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE)
 
 
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation and the articles a/an/the, collapse whitespace."""
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+def answer_tokens(text: str) -> list[str]:
+    """DPR's answer-matching tokens: NFD-normalised, SimpleTokenizer split, lowercased."""
+    return [m.group().lower() for m in _DPR_TOKEN.finditer(unicodedata.normalize("NFD", text))]
 
 
 def has_answer(answers: Iterable[str], text: str) -> bool:
-    """Whether a normalised answer occurs in the normalised ``text`` as a whole-token sequence."""
-    haystack = f" {normalize_answer(text)} "
+    """DPR's ``has_answer`` (match_type "string"): an answer's token sequence occurs in ``text``'s tokens.
+
+    Punctuation is a token of its own (so "Paris/Eiffel Tower" contains "Eiffel Tower" and "Jay-Z's" contains
+    "Jay-Z"); articles are kept; case is ignored. One difference: an answer with no tokens never matches
+    (DPR's loop matches an empty answer everywhere).
+    """
+    haystack = answer_tokens(text)
     for answer in answers:
-        needle = normalize_answer(answer)
-        if needle and f" {needle} " in haystack:
+        needle = answer_tokens(answer)
+        n = len(needle)
+        if n and any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1)):
             return True
     return False
 
@@ -156,23 +161,17 @@ def evaluate_run(run: Run, qrels: Qrels, metrics: Iterable[str], cutoffs: Iterab
 
 def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "llm-embedder") -> Path:
     """Write a run as a TREC run file (ranks 1.. in trec_eval's order), atomically."""
-    import tempfile
+    from ..schema import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"run tag must be one word, got {tag!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for qid, docs in run.items():
-                for rank, docid in enumerate(ranked_docids(docs), 1):
-                    out.write(f"{qid} Q0 {docid} {rank} {float(docs[docid])!r} {tag}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    def write(out):
+        for qid, docs in run.items():
+            for rank, docid in enumerate(ranked_docids(docs), 1):
+                out.write(f"{qid} Q0 {docid} {rank} {float(docs[docid])!r} {tag}\n")
+
+    return atomic_write(path, write)
 
 
 def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:

@@ -9,24 +9,30 @@ For every input record, in order, the negatives are the top ``max_neg_num`` retr
 * with ``filter_answers``, removing keys that contain one of the record's ``answers`` (SQuAD-normalised,
   whole tokens: the metric's ``has_answer``).
 
-The record gets ``neg_index`` (rows, rank order) and ``neg`` (their texts); everything else is kept, except
-``teacher_scores``, which described the old keys and is dropped (counted and logged). A record whose
+The record gets ``neg_index`` (rows, rank order), ``neg`` (their texts) and, when it had ids, ``neg_ids``;
+everything else is kept, except what described the old negatives: ``teacher_scores`` and the other
+negative-aligned fields (``schema.KEY_ALIGNED_FIELDS``: icl's ``neg_score``, ``neg_scores``) are dropped,
+counted per field and logged (re-score the mined file to get them back). A record whose
 retrieval left no negative is kept with empty lists and counted. The reference implementation drops such
 rows, and never filters positives by index (it compares a row number with a list); this one does both.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..corpus import Corpus
 from ..errors import UserError
+from ..schema import KEY_ALIGNED_FIELDS
 from .metrics import has_answer
 
 logger = logging.getLogger(__name__)
+# fields describing the old negatives: gone after mining (neg, neg_index and neg_ids are recomputed)
+STALE_AFTER_MINING = ("teacher_scores",) + tuple(f for f in KEY_ALIGNED_FIELDS["neg"] if f not in ("neg", "neg_index", "neg_ids"))
 
 
 def normalize_text(text: str) -> str:
@@ -45,6 +51,7 @@ class MiningStats:
     positives_skipped: int = 0  # retrieved keys dropped because they are positives (row or text)
     answer_keys_skipped: int = 0
     teacher_scores_removed: int = 0
+    stale_fields_removed: dict = field(default_factory=dict)  # field -> rows it was dropped from
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,20 +108,37 @@ def mine_negatives(records: Sequence[dict], rows: np.ndarray, corpus: Corpus, ma
         new["neg"] = [corpus.texts[r] for r in negatives]
         if "neg_ids" in new or "pos_ids" in new:  # keep the original doc ids in step with the new rows
             new["neg_ids"] = [corpus.ids[r] for r in negatives]
-        if "teacher_scores" in new:
-            del new["teacher_scores"]
-            stats.teacher_scores_removed += 1
+        for name in STALE_AFTER_MINING:
+            if name in new:
+                del new[name]
+                stats.stale_fields_removed[name] = stats.stale_fields_removed.get(name, 0) + 1
+        stats.teacher_scores_removed = stats.stale_fields_removed.get("teacher_scores", 0)
         if not negatives:
             stats.rows_without_negatives += 1
         elif len(negatives) < max_neg_num:
             stats.rows_with_fewer_negatives += 1
         stats.negatives += len(negatives)
         out.append(new)
-    if stats.teacher_scores_removed:
-        logger.warning("removed stale teacher_scores from %d records (they scored the old keys; re-score the mined file)",
-                       stats.teacher_scores_removed)
+    if stats.stale_fields_removed:
+        logger.warning("removed fields that described the old negatives (re-score the mined file): %s",
+                       ", ".join(f"{name} from {n} records" for name, n in stats.stale_fields_removed.items()))
     if stats.rows_without_negatives:
         logger.warning("%d of %d records got no negative (kept with empty neg lists)", stats.rows_without_negatives, stats.rows)
     logger.info("mined %d negatives for %d records (%d positives and %d answer-bearing keys skipped)",
                 stats.negatives, stats.rows, stats.positives_skipped, stats.answer_keys_skipped)
     return out, stats
+
+
+def write_mined_sidecar(mined_path: Path, source: Path, corpus: Corpus, key_template: str | None, stats: MiningStats,
+                        retrieval: dict) -> Path:
+    """``{name}.neg.{save_name}.meta.json`` beside the mined file: the corpus its ``neg_index`` rows point at
+    (so ``validate`` checks them and LM scoring finds the corpus without ``--corpus``), the source file, the
+    retrieval settings and the mining counts."""
+    from ..convert.beir import portable_path
+    from ..schema import meta_path, write_json
+
+    folder = Path(mined_path).parent
+    meta = {"mined_from": portable_path(source, folder), "records": Path(mined_path).name,
+            "corpus": portable_path(corpus.path, folder), "corpus_rows": len(corpus), "key_template": key_template,
+            "retrieval": retrieval, "counts": stats.as_dict()}
+    return write_json(meta_path(mined_path), meta)

@@ -10,27 +10,44 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
 from .dense import INDEX_TYPES, IndexParams, merge_topk, search
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-embedder search", description=__doc__.split("\n\n")[0],
+    p = ArgParser(prog="llm-embedder search", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--query_emb", required=True, help="query .npy written by `llm-embedder encode --side query`")
-    p.add_argument("--key_emb", required=True, nargs="+", help="one or more key .npy shards")
+    p.add_argument("--query_emb", "--query_reps", required=True, help="query .npy written by `llm-embedder encode --side query`")
+    p.add_argument("--key_emb", "--passage_reps", required=True, nargs="+",
+                   help="one or more key .npy shards or glob patterns (a Tevatron .pkl name means its .npy)")
     p.add_argument("--depth", type=int, default=100, help="results per query")
-    p.add_argument("--output", required=True, help="run file to write")
+    p.add_argument("--output", "--save_ranking_to", required=True, help="run file to write")
     p.add_argument("--format", choices=("tsv", "trec"), default="tsv")
+    p.add_argument("--save_text", dest="format", action="store_const", const="tsv",
+                   help="Tevatron: text ranking qid<TAB>docid<TAB>score (same as --format tsv)")
     p.add_argument("--faiss_index", choices=INDEX_TYPES, default="flat")
-    p.add_argument("--query_chunk", type=int, default=4096, help="queries searched at a time")
+    p.add_argument("--query_chunk", "--batch_size", type=int, default=4096, help="queries searched at a time (-1: all)")
     p.add_argument("--tag", default="llm-embedder", help="run tag (TREC format)")
     return p
+
+
+def expand_shards(patterns: list[str]) -> list[str]:
+    """``--key_emb`` values as files: globs expanded (sorted), Tevatron's ``.pkl`` names mapped to our ``.npy``."""
+    import glob
+
+    paths = []
+    for pattern in patterns:
+        pattern = pattern[: -len(".pkl")] + ".npy" if pattern.endswith(".pkl") else pattern
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UserError(f"--key_emb: {pattern}: no file matches")
+        paths.extend(matches)
+    return paths
 
 
 def load_embeddings(path: str | os.PathLike, argument: str) -> tuple[np.ndarray, dict]:
@@ -63,31 +80,33 @@ def check_shards(metas: list[dict], paths: list[str]) -> None:
 
 
 def write_run(path: Path, qids: list[str], ids: list[str], scores: np.ndarray, rows: np.ndarray, fmt: str, tag: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for qid, s_row, r_row in zip(qids, scores, rows):
-                rank = 0
-                for s, r in zip(s_row, r_row):
-                    if r < 0:
-                        continue
-                    rank += 1
-                    if fmt == "tsv":
-                        out.write(f"{qid}\t{ids[r]}\t{float(s)!r}\n")
-                    else:
-                        out.write(f"{qid} Q0 {ids[r]} {rank} {float(s)!r} {tag}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..schema import atomic_write
+
+    def write(out):
+        for qid, s_row, r_row in zip(qids, scores, rows):
+            rank = 0
+            for s, r in zip(s_row, r_row):
+                if r < 0:
+                    continue
+                rank += 1
+                if fmt == "tsv":
+                    out.write(f"{qid}\t{ids[r]}\t{float(s)!r}\n")
+                else:
+                    out.write(f"{qid} Q0 {ids[r]} {rank} {float(s)!r} {tag}\n")
+
+    atomic_write(path, write)
 
 
 @cli_guard
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.key_emb = expand_shards(args.key_emb)
+    if args.query_emb.endswith(".pkl"):
+        args.query_emb = args.query_emb[: -len(".pkl")] + ".npy"
     if args.depth < 1:
         raise UserError(f"--depth: must be at least 1, got {args.depth}")
+    if args.query_chunk == -1:  # Tevatron's --batch_size -1: all queries at once
+        args.query_chunk = 1 << 31
     if args.query_chunk < 1:
         raise UserError(f"--query_chunk: must be at least 1, got {args.query_chunk}")
     if args.format == "trec" and (not args.tag or any(c.isspace() for c in args.tag)):

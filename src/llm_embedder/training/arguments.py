@@ -1,88 +1,158 @@
 """Argument dataclasses for ``run_dense.py``: model, data and training (a ``TrainingArguments`` subclass).
 
-Names follow the reference LLM-Embedder ``run_dense.py`` and Hugging Face. Defaults are this project's:
-fp32 master weights (``--bf16`` is opt-in), no instructions unless ``--add_instruction`` (and then the
-LLM-Embedder ones from the task registry), MiniLM as the model.
+Names follow the reference LLM-Embedder ``run_dense.py`` and Hugging Face; Tevatron's, Trove's and
+FlagEmbedding's names for the same settings are aliases (declared with :func:`~llm_embedder.argparsing.arg`,
+listed in ``--help`` and in docs/migration.md). Defaults are the reference's where the argument carries its
+name; the exceptions and their reasons are in :mod:`llm_embedder.migration`, which writes the table of
+docs/migration.md from these fields.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from transformers import TrainingArguments
 
+from ..argparsing import arg
 from ..errors import UserError
+from ..resources import DATA_ROOT_ENV
+
+TEVATRON_GC_CHUNKS = (4, 32)  # Tevatron's gc_q_chunk_size / gc_p_chunk_size defaults, used by a bare --grad_cache
+TEVATRON_LORA_RANK = 8  # Tevatron v2's lora_r default, used by a bare --lora
 
 
 @dataclass
 class ModelArguments:
     """Which encoder to train and how it embeds text."""
 
-    model_name_or_path: str = field(default="minilm", metadata={"help": "Local HF/sentence-transformers directory or alias (minilm)."})
+    model_name_or_path: str = arg("minilm", "Local HF/sentence-transformers directory, alias (minilm) or Hugging Face model id.",
+                                  reference=["--query_encoder"])
     # None = keep what the model directory says (a saved llm-embedder / sentence-transformers model), else
     # the encoder defaults: mean pooling, normalised, 256/256 tokens, tied, no projection.
-    pooling_method: Optional[str] = field(default=None, metadata={"help": "cls | mean | last (eos), left/right padding aware (default: the model's, else mean)."})
-    normalize: Optional[bool] = field(default=None, metadata={"help": "L2-normalise embeddings (default: the model's, else True)."})
-    query_max_length: Optional[int] = field(default=None, metadata={"help": "Max query tokens, instruction included (default: the model's, else 256)."})
-    key_max_length: Optional[int] = field(default=None, metadata={"help": "Max key tokens, instruction included (default: the model's, else 256)."})
-    tie_encoders: Optional[bool] = field(default=None, metadata={"help": "One encoder for queries and keys; False: a separate key encoder."})
-    add_pooler: Optional[bool] = field(default=None, metadata={"help": "Add a trainable linear projection on top of pooling."})
-    projection_out_dim: Optional[int] = field(default=None, metadata={"help": "Output size of the --add_pooler projection (default: hidden size)."})
-    cos_temperature: float = field(default=0.01, metadata={"help": "τ in s(q,k) = <q,k>/τ."})
-    add_instruction: bool = field(default=False, metadata={"help": "Prepend each task's LLM-Embedder query/key instructions."})
-    task_config: Optional[str] = field(default=None, metadata={"help": "JSON/YAML file overriding task recipes or registering new tasks."})
-    lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": "Module names LoRA adapts (default: peft's choice for the architecture, query/value for BERT)."})
+    pooling_method: Optional[str] = arg(None, "cls | mean | last (eos), left/right padding aware (default: the model's, else mean).",
+                                        tevatron=["--pooling"], trove=["--pooling"], flagembedding=["--sentence_pooling_method"])
+    normalize: Optional[bool] = arg(None, "L2-normalise embeddings (default: the model's, else True).",
+                                    tevatron=["--normalize"], trove=["--normalize"], flagembedding=["--normalize_embeddings"])
+    query_max_length: Optional[int] = arg(None, "Max query tokens, instruction included (default: the model's, else 256).",
+                                          tevatron=["--q_max_len", "--query_max_len"], trove=["--query_max_len"])
+    key_max_length: Optional[int] = arg(None, "Max key tokens, instruction included (default: the model's, else 256).",
+                                        tevatron=["--p_max_len", "--passage_max_len"], trove=["--passage_max_len"])
+    tie_encoders: Optional[bool] = arg(None, "One encoder for queries and keys; False: a separate key encoder "
+                                       "(Tevatron's bare --untie_encoder sets False).")
+    add_pooler: Optional[bool] = arg(None, "Add a trainable linear projection on top of pooling.")
+    projection_out_dim: Optional[int] = arg(None, "Output size of the --add_pooler projection (default: hidden size).")
+    add_instruction: bool = arg(True, "Prepend each task's LLM-Embedder query/key instructions (as the reference; --add_instruction false trains without).")
+    query_prefix: Optional[str] = arg(None, "Text put before every query (replaces the task instructions for queries; implies instructions on).")
+    passage_prefix: Optional[str] = arg(None, "Text put before every key (replaces the task instructions for keys; implies instructions on).")
+    task_config: Optional[str] = arg(None, "JSON/YAML file overriding task recipes or registering new tasks.")
+    lora: bool = arg(False, f"Train LoRA adapters instead of all weights (rank --lora_rank, {TEVATRON_LORA_RANK} when not given).")
+    lora_rank: int = arg(0, "LoRA rank; 0 trains all weights (unless --lora).", tevatron=["--lora_r"])
+    lora_alpha: float = arg(16.0, "LoRA alpha.")
+    lora_dropout: float = arg(0.0, "LoRA dropout.")
+    lora_target_modules: Optional[list[str]] = arg(None, "Module names LoRA adapts, space or comma separated "
+                                                   "(default: peft's choice for the architecture, query/value for BERT).")
+    append_eos: Optional[bool] = arg(None, "End every query and key with the tokenizer's EOS token (for last-token pooling on "
+                                     "decoders; default: the saved model's setting, else off).", tevatron=["--append_eos_token"], trove=["--append_eos"])
+    tokenizer_name: Optional[str] = arg(None, "Tokenizer folder or name; must be the model's own (the tokenizer is saved with the model).")
+    cache_dir: Optional[str] = arg(None, "Hugging Face cache folder for models given by hub id (default: $HF_HUB_CACHE).")
+
+    def __post_init__(self):
+        if self.lora and self.lora_rank == 0:
+            self.lora_rank = TEVATRON_LORA_RANK
+        if self.lora_rank < 0:
+            raise UserError(f"--lora_rank: must be 0 (off) or positive, got {self.lora_rank}")
+        if self.tokenizer_name is not None and self.tokenizer_name != self.model_name_or_path:
+            raise UserError(f"--tokenizer_name: {self.tokenizer_name!r} differs from --model_name_or_path "
+                            f"{self.model_name_or_path!r}; the encoder uses (and saves) its model's own tokenizer")
 
 
 @dataclass
 class DataArguments:
     """Training files, evaluation files and how examples are built from them."""
 
-    train_data: Optional[list[str]] = field(default=None, metadata={"help": "Schema files or directories (repeat a file to upsample it); `llm-embedder:` prefix allowed."})
-    eval_data: Optional[str] = field(default=None, metadata={"help": "Schema file with positives (pos_index or pos) for retrieval evaluation."})
-    corpus: Optional[str] = field(default=None, metadata={"help": "Corpus JSONL (row number = key index) for files whose .meta.json sidecar names none."})
-    key_template: Optional[str] = field(default=None, metadata={"help": "Key text from a corpus row, e.g. '{title} {text}' (default: title + text)."})
-    default_task: str = field(default="qa", metadata={"help": "Task of records without a `task` field."})
-    train_group_size: int = field(default=8, metadata={"help": "Keys per query: 1 positive + (G-1) negatives."})
-    select_positive: str = field(default="first", metadata={"help": "first | random | teacher (highest teacher score)."})
-    select_negative: str = field(default="random", metadata={"help": "random | top (highest teacher score / first listed)."})
-    teacher_scores_margin: Optional[float] = field(default=None, metadata={"help": "Drop rows whose best minus worst teacher score is below this (as the reference)."})
-    teacher_scores_min: Optional[float] = field(default=None, metadata={"help": "Drop rows whose best teacher score is below this."})
-    inbatch_same_dataset: str = field(default="epoch", metadata={"help": "Task-homogeneous batches: epoch (every example once) | random (files by size or --dataset_weights)."})
-    dataset_weights: Optional[list[float]] = field(default=None, metadata={"help": "Sampling weight per --train_data file in random mode."})
-    max_sample_num: Optional[int] = field(default=None, metadata={"help": "Use at most N records of each training file (a recipe may set its own)."})
-    metrics: list[str] = field(default_factory=lambda: ["mrr", "recall", "ndcg"], metadata={"help": "mrr recall ndcg map (nq needs answers)."})
-    cutoffs: list[int] = field(default_factory=lambda: [1, 10, 100], metadata={"help": "Metric cutoffs."})
-    hits: int = field(default=100, metadata={"help": "Keys retrieved per query during evaluation."})
-    max_eval_queries: Optional[int] = field(default=None, metadata={"help": "Evaluate on the first N queries of --eval_data."})
-    eval_corpus_subsample: Optional[int] = field(default=None, metadata={"help": "Cheaper eval: all positives + N seeded other corpus rows."})
-    eval_on_groups: bool = field(default=False, metadata={"help": "Cheaper eval: rank each query's own pos+neg group (Trove-style)."})
+    train_data: Optional[list[str]] = arg(None, "Schema files or directories (repeat a file to upsample it); `llm-embedder:` prefix allowed.",
+                                          tevatron=["--train_dir", "--dataset_path"])
+    dataset_name: Optional[str] = arg(None, "Tevatron's dataset: 'json' (files given by --dataset_path/--train_data) or a local "
+                                      "schema file/folder (added to --train_data); hub datasets: convert them first.")
+    dataset_split: str = arg("train", "Tevatron's split of --dataset_name; training reads the train split only.")
+    eval_data: Optional[str] = arg(None, "Schema file with positives (pos_index or pos) for retrieval evaluation.")
+    corpus: Optional[str] = arg(None, "Corpus JSONL (row number = key index) for files whose .meta.json sidecar names none.")
+    key_template: Optional[str] = arg(None, "Key text from a corpus row, e.g. '{title} {text}' (default: title + text).")
+    default_task: str = arg("qa", "Task of records without a `task` field.")
+    train_group_size: int = arg(8, "Keys per query: 1 positive + (G-1) negatives.", tevatron=["--train_n_passages"], trove=["--group_size"])
+    select_positive: str = arg("first", "first | random | teacher (highest teacher score).")
+    select_negative: str = arg("random", "random | top (highest teacher score / first listed).")
+    teacher_scores_margin: Optional[float] = arg(None, "Drop rows whose best minus worst teacher score is below this (as the reference).")
+    teacher_scores_min: Optional[float] = arg(None, "Drop rows whose best teacher score is below this.")
+    inbatch_same_dataset: str = arg("epoch", "Task-homogeneous batches: epoch (every example once) | random (files by size or --dataset_weights).")
+    dataset_weights: Optional[list[float]] = arg(None, "Sampling weight per --train_data file in random mode.")
+    max_sample_num: Optional[int] = arg(None, "Use at most N records of each training file (a recipe may set its own).")
+    metrics: list[str] = arg(help="mrr recall ndcg map (nq needs answers).", default_factory=lambda: ["mrr", "recall", "ndcg"])
+    cutoffs: list[int] = arg(help="Metric cutoffs, space or comma separated.", default_factory=lambda: [1, 5, 10, 100])
+    hits: int = arg(200, "Keys retrieved per query during evaluation.")
+    max_eval_queries: Optional[int] = arg(None, "Evaluate on the first N queries of --eval_data.")
+    eval_corpus_subsample: Optional[int] = arg(None, "Cheaper eval: all positives + N seeded other corpus rows.")
+    eval_on_groups: bool = arg(False, "Cheaper eval: rank each query's own pos+neg group (Trove-style).")
+    data_root: Optional[str] = arg(None, "Folder that `llm-embedder:` paths resolve against (default: $LLM_EMBEDDER_DATA, else the repo's data/).")
+    use_train_config: bool = arg(True, "Per-task recipes (tasks.py) set each task's loss settings, as the reference's "
+                                 "--use_train_config; they always apply here (change them with --task_config).")
+    version: str = arg("llm-embedder", "Instruction set of the task registry: llm-embedder (the only one built in; "
+                       "others through --task_config).")
+
+    def __post_init__(self):
+        if self.data_root is not None:
+            if not os.path.isdir(self.data_root):
+                raise UserError(f"--data_root: {self.data_root} is not a folder")
+            os.environ[DATA_ROOT_ENV] = os.path.abspath(self.data_root)  # read by every llm-embedder: path lookup
+        if not self.use_train_config:
+            raise UserError("--use_train_config false: per-task recipes always apply here; override a task's settings "
+                            "with --task_config instead")
+        if self.version != "llm-embedder":
+            raise UserError(f"--version: only the llm-embedder instructions are built in, got {self.version!r}; "
+                            "register other instructions with --task_config")
+        if self.dataset_name not in (None, "json"):
+            if not os.path.exists(self.dataset_name):
+                raise UserError(f"--dataset_name: {self.dataset_name!r} is not a local file or folder; hub datasets are "
+                                "not read directly: download it and run `llm-embedder convert tevatron` (or give --dataset_path)")
+            self.train_data = [*(self.train_data or []), self.dataset_name]
+        if self.dataset_split != "train":
+            raise UserError(f"--dataset_split: training reads the train split only, got {self.dataset_split!r}; "
+                            "give the file of that split with --train_data")
 
 
 @dataclass
 class RetrievalTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the loss options of LLM-Embedder (DESIGN.md §3)."""
 
-    output_dir: Optional[str] = field(default=None, metadata={"help": "Where checkpoints, the final model and metrics.json go."})
-    contrastive_weight: float = field(default=1.0, metadata={"help": "α in α·contrastive + β·distill."})
-    distill_weight: float = field(default=1.0, metadata={"help": "β in α·contrastive + β·distill (used where teacher_scores exist)."})
-    stable_distill: bool = field(default=False, metadata={"help": "Rank-aware stable distillation instead of KL."})
-    stable_distill_positive_first: bool = field(default=True, metadata={"help": "Stable distillation: the labelled positive ranks first regardless of its teacher score."})
-    distill_loss: str = field(default="kl", metadata={"help": "Distillation when not stable: kl | margin_mse."})
-    teacher_temperature: float = field(default=1.0, metadata={"help": "T_t: softmax(teacher / T_t)."})
-    student_temperature: float = field(default=1.0, metadata={"help": "T_s: softmax(s(q,k) / T_s) in KL distillation."})
-    inbatch_negatives: bool = field(default=True, metadata={"help": "Other queries' keys are negatives in the contrastive loss."})
-    negative_cross_device: bool = field(default=False, metadata={"help": "Gather keys from all processes as negatives."})
-    grad_cache_chunk_size: int = field(default=0, metadata={"help": "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches are built by our collator."})
-    report_to: Optional[list[str]] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints for --resume_from_checkpoint)."})
-    eval_strategy: str = field(default="no", metadata={"help": "no | steps | epoch; the final evaluation runs whenever --eval_data is set."})
+    output_dir: Optional[str] = arg(None, "Where checkpoints, the final model and metrics.json go.")
+    contrastive_weight: float = arg(1.0, "α in α·contrastive + β·distill, applied as given (the reference: 0.2, ignored when contrastive is the only loss).")
+    distill_weight: float = arg(1.0, "β in α·contrastive + β·distill (used where teacher_scores exist).")
+    stable_distill: bool = arg(False, "Rank-aware stable distillation instead of KL.")
+    stable_distill_positive_first: bool = arg(True, "Stable distillation: the labelled positive ranks first regardless of its teacher score.")
+    distill_loss: str = arg("kl", "Distillation when not stable: kl | margin_mse.")
+    cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ, a loss setting (per task in --task_config); "
+                                       "Tevatron's and FlagEmbedding's --temperature is the same τ.",
+                                 tevatron=["--temperature"])
+    teacher_temperature: float = arg(1.0, "T_t: softmax(teacher / T_t).")
+    student_temperature: float = arg(1.0, "T_s: softmax(s(q,k) / T_s) in KL distillation.")
+    inbatch_negatives: bool = arg(True, "Other queries' keys are negatives (contrastive and stable distillation).")
+    negative_cross_device: bool = arg(True, "Gather keys from all processes as negatives (no effect in one process).",
+                                      tevatron=["--negatives_x_device"], flagembedding=["--negatives_cross_device"])
+    grad_cache: bool = arg(False, f"GradCache on; chunk sizes from --grad_cache_chunk_size, else Tevatron's {TEVATRON_GC_CHUNKS[1]}.")
+    grad_cache_chunk_size: int = arg(0, "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off.",
+                                     tevatron=["--gc_p_chunk_size", "--gc_q_chunk_size"])
+    remove_unused_columns: bool = arg(False, "Kept False: batches are built by our collator.")
+    report_to: Optional[list[str]] = arg(help="Integrations to report to.", default_factory=lambda: ["none"])
+    logging_steps: float = arg(100, "Log every N steps.")
+    learning_rate: float = arg(5e-6, "AdamW learning rate.")
+    warmup_ratio: float = arg(0.1, "Fraction of the steps with linear warm-up.")
+    weight_decay: float = arg(0.01, "AdamW weight decay.")
+    per_device_train_batch_size: int = arg(16, "Queries per device per step (each with --train_group_size keys).")
+    save_steps: float = arg(2000, "Save (and, with --eval_data, evaluate) every N steps; giving it turns on --save_strategy steps.")
+    save_strategy: str = arg("no", "no | steps | epoch (checkpoints for --resume_from_checkpoint); --save_steps alone means steps.")
+    eval_strategy: str = arg("no", "no | steps | epoch; follows --save_strategy when --eval_data is given; the final evaluation runs whenever --eval_data is set.",
+                             reference=["--evaluation_strategy"])
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -91,6 +161,8 @@ class RetrievalTrainingArguments(TrainingArguments):
             # under torchrun without GPUs, accelerate wraps the model in DDP (gloo) only when told it runs on
             # CPU; otherwise every process would update its own copy with its own half of each batch
             self.use_cpu = True
+        if self.grad_cache and not self.grad_cache_chunk_size:
+            self.grad_cache_chunk_size = TEVATRON_GC_CHUNKS[1]
         super().__post_init__()
         if self.grad_cache_chunk_size < 0:
             raise UserError(f"--grad_cache_chunk_size: must be 0 (off) or a positive row count, got {self.grad_cache_chunk_size}")

@@ -5,11 +5,10 @@ model is loaded, so a mistake costs seconds, not a training run.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
-
-from transformers import HfArgumentParser
 
 from ..errors import UserError, cli_guard
 from .arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
@@ -24,15 +23,76 @@ CHOICES = {
 }
 
 
+def build_parser():
+    """The ``run_dense.py`` parser: the three dataclasses plus Tevatron's ``--untie_encoder`` (tie_encoders=False)."""
+    from ..argparsing import BoolFlag, dataclass_parser
+
+    parser = dataclass_parser((ModelArguments, DataArguments, RetrievalTrainingArguments), prog="run_dense.py")
+    parser.add_argument("--untie_encoder", dest="tie_encoders", action=BoolFlag, invert=True, default=argparse.SUPPRESS,
+                        help="Tevatron: a separate key encoder (same as --tie_encoders false)")
+    return parser
+
+
 def parse_args(argv=None):
-    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
+    """Parse the command line (or one .json/.yaml file of arguments) into the three dataclasses.
+
+    ``training_args.explicit_args`` is the frozenset of field names the user set (on the command line,
+    under any alias, or as keys of the file), so a task recipe can tell a chosen value from a default.
+    """
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loaded = parser.parse_json_file(argv[0]) if argv[0].endswith(".json") else parser.parse_yaml_file(argv[0])
+        explicit = _file_keys(argv[0])
+    else:
+        explicit = parser.explicit_dests(parser.normalise_argv(argv))
+        namespace, _ = parser.parse_known_args(argv)
+        loaded = parser.parse_args_into_dataclasses(argv + implied_options(explicit, namespace))
+    for args in loaded:  # every argument object: TrainDataArgs.from_args reads data and training fields
+        args.explicit_args = frozenset(explicit)
+    return loaded
+
+
+def implied_options(explicit: frozenset[str], namespace) -> list[str]:
+    """Options the reference's behaviour implies: ``--save_steps N`` alone saves every N steps, and with
+    ``--eval_data`` evaluation follows the saving schedule (every ``save_steps``) unless set otherwise."""
+    extra = []
+    saving = getattr(namespace, "save_strategy", "no")
+    if "save_steps" in explicit and "save_strategy" not in explicit:
+        extra += ["--save_strategy", "steps"]
+        saving = "steps"
+    if getattr(namespace, "eval_data", None) and saving != "no" and "eval_strategy" not in explicit:
+        extra += ["--eval_strategy", str(saving)]
+        if saving == "steps" and "eval_steps" not in explicit:
+            extra += ["--eval_steps", str(namespace.save_steps)]
+    return extra
+
+
+def phases(data_args: DataArguments, training_args: RetrievalTrainingArguments) -> tuple[bool, bool]:
+    """``(train, evaluate)``: by default train when --train_data is given and evaluate when --eval_data is;
+    an explicit ``--do_train`` / ``--do_eval`` (Hugging Face's flags) selects the phases instead."""
+    explicit = getattr(training_args, "explicit_args", frozenset())
+    train, evaluate = bool(data_args.train_data), bool(data_args.eval_data)
+    if {"do_train", "do_eval"} & explicit:
+        train, evaluate = training_args.do_train, training_args.do_eval
+        if train and not data_args.train_data:
+            raise UserError("--do_train: needs --train_data (the files to train on)")
+        if evaluate and not data_args.eval_data:
+            raise UserError("--do_eval: needs --eval_data (the records to evaluate on)")
+        if not (train or evaluate):
+            raise UserError("--do_train / --do_eval: both false, nothing to do")
+    return train, evaluate
+
+
+def _file_keys(path: str) -> frozenset[str]:
+    import json
+
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        return frozenset(json.loads(text))
+    import yaml
+
+    return frozenset(yaml.safe_load(text) or {})
 
 
 def check_choices(*arg_objects) -> None:
@@ -68,6 +128,9 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
         seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
         train_dataset = TrainDataset(data_args.train_data, corpus=corpus,
                                      args=TrainDataArgs.from_args(data_args, training_args), seed=seed)
+        from .model import task_losses
+
+        task_losses(train_dataset.recipes, training_args.negative_cross_device)  # every loss term exists, before any model
     eval_file = eval_corpus = None
     if data_args.eval_data:
         named = sidecar_corpus(data_args.eval_data)
@@ -83,6 +146,23 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
     return corpus, train_dataset, eval_file, eval_corpus
 
 
+def apply_prefixes(model_args: ModelArguments, tasks) -> None:
+    """Tevatron's ``--query_prefix`` / ``--passage_prefix``: the instructions of every task, turned on."""
+    import dataclasses
+
+    from ..tasks import get_task, register_task
+
+    if not (model_args.query_prefix or model_args.passage_prefix):
+        return
+    for task in tasks:
+        recipe = get_task(task)
+        register_task(dataclasses.replace(
+            recipe, query_instruction=recipe.query_instruction if model_args.query_prefix is None else model_args.query_prefix,
+            key_instruction=recipe.key_instruction if model_args.passage_prefix is None else model_args.passage_prefix),
+            overwrite=True)
+    model_args.add_instruction = True
+
+
 def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tuple[str, str]]:
     """{task: (query instruction, key instruction)} stored with the saved model (empty without --add_instruction)."""
     from ..tasks import get_task
@@ -90,6 +170,17 @@ def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tupl
     if not add_instruction:
         return {}
     return {t: (get_task(t).query_instruction, get_task(t).key_instruction) for t in tasks}
+
+
+def resolved_recipes(train_dataset) -> dict:
+    """``{task: resolved recipe}`` (every field, its loss terms, and where each value came from)."""
+    if train_dataset is None:
+        return {}
+    return {recipe.name: recipe.to_dict() for recipe in train_dataset.recipes}
+
+
+def _public(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k != "explicit_args"}
 
 
 def run_info(model_args, data_args, training_args) -> dict:
@@ -102,7 +193,8 @@ def run_info(model_args, data_args, training_args) -> dict:
     from .. import __version__
 
     return {
-        "args": {"model": vars(model_args), "data": vars(data_args), "training": training_args.to_dict()},
+        "args": {"model": _public(vars(model_args)), "data": _public(vars(data_args)), "training": training_args.to_dict()},
+        "explicit_args": sorted(getattr(training_args, "explicit_args", ()) or ()),
         "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
     }
@@ -116,15 +208,20 @@ def build_trainer(model_args, data_args, training_args):
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    from ..resources import resolve_encoder
+
     encoder = DenseEncoder.from_pretrained(
-        model_args.model_name_or_path, pooling_method=model_args.pooling_method, normalize=model_args.normalize,
+        resolve_encoder(model_args.model_name_or_path, cache=model_args.cache_dir), pooling_method=model_args.pooling_method, normalize=model_args.normalize,
         query_max_length=model_args.query_max_length, key_max_length=model_args.key_max_length,
         tie_encoders=model_args.tie_encoders, add_pooler=model_args.add_pooler,
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        lora_target_modules=model_args.lora_target_modules,
+        lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
+    if eval_file is not None:
+        tasks |= {eval_file.records[0].get("task", data_args.default_task)}
+    apply_prefixes(model_args, sorted(tasks))
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
@@ -138,26 +235,33 @@ def build_trainer(model_args, data_args, training_args):
                                        default_task=data_args.default_task),
         evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
         instructions=task_instructions(sorted(tasks), model_args.add_instruction),
-        cos_temperature=model_args.cos_temperature, run_info=run_info(model_args, data_args, training_args),
+        run_info={**run_info(model_args, data_args, training_args), "recipes": resolved_recipes(train_dataset)},
     )
     return trainer
 
 
 @cli_guard
 def main(argv=None) -> dict:
+    from ..noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)  # before transformers' Trainer imports datasets and deepspeed
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.process_index == 0 else logging.WARNING)
+    train, evaluate = phases(data_args, training_args)
     trainer = build_trainer(model_args, data_args, training_args)
     from ..schema import write_json
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)
+        if trainer.run_info.get("recipes"):  # the loss and sampling each task trained with, with sources
+            write_json(Path(training_args.output_dir) / "recipes.json", trainer.run_info["recipes"])
     metrics = {}
-    if trainer.train_dataset is not None:
+    if train and trainer.train_dataset is not None:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model(training_args.output_dir)
-    if trainer.evaluator is not None:
+    if evaluate and trainer.evaluator is not None:
         metrics = trainer.evaluate()
         if trainer.is_world_process_zero():
             logger.info("final retrieval metrics (%s corpus): %s", trainer.evaluator.mode,

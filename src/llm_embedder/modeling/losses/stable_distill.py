@@ -11,7 +11,8 @@ better), ``group_size`` G.
 
 Each query learns to rank its keys in the teacher's order: at step i its earlier-ranked keys are masked
 out (only its own; other queries' keys stay as negatives) and the i-th key must win, weighted by the
-teacher's probability for it. The student temperature is not used (as in the reference). With
+teacher's probability for it. With ``inbatch_negatives=False`` the candidates are only the query's own G
+keys (as in the contrastive loss with that option). The student temperature is not used (as in the reference). With
 ``cross_device=True`` q, k and the teacher scores are all-gathered (B global); the value equals the
 single-process loss on the global batch and the caller scales it by the world size before backward.
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import gather_no_grad, gather_with_grad
-from .scoring import batch_scores, check_layout, own_key_columns
+from .scoring import batch_scores, check_layout, group_scores, own_key_columns
 
 
 def teacher_ranking(teacher: torch.Tensor, positive_first: bool = True) -> torch.Tensor:
@@ -40,17 +41,24 @@ def teacher_ranking(teacher: torch.Tensor, positive_first: bool = True) -> torch
 
 def stable_distill_loss(q: torch.Tensor, k: torch.Tensor, teacher: torch.Tensor, group_size: int, *,
                         cos_temperature: float = 0.01, teacher_temperature: float = 1.0,
-                        positive_first: bool = True, cross_device: bool = False) -> torch.Tensor:
+                        positive_first: bool = True, inbatch_negatives: bool = True,
+                        cross_device: bool = False) -> torch.Tensor:
     """Sum over ranks i of the teacher-weighted CE of each query's i-th key (see module docstring)."""
     check_layout(q, k, group_size, teacher)
     teacher = teacher.detach()
+    if cross_device and not inbatch_negatives:
+        raise ValueError("cross_device needs inbatch_negatives: other ranks' keys are in-batch negatives")
     if cross_device:
         q, k, teacher = gather_with_grad(q), gather_with_grad(k), gather_no_grad(teacher)
     batch = q.shape[0]
-    scores = batch_scores(q, k, cos_temperature)
     order = teacher_ranking(teacher, positive_first)
+    if inbatch_negatives:
+        scores = batch_scores(q, k, cos_temperature)  # [B, B*G]
+        columns = own_key_columns(batch, group_size, q.device).unsqueeze(1) + order  # [B, G] in rank order
+    else:
+        scores = group_scores(q, k, group_size, cos_temperature)  # [B, G]
+        columns = order
     weights = F.softmax(teacher.to(scores.dtype) / teacher_temperature, dim=-1).gather(1, order)
-    columns = own_key_columns(batch, group_size, q.device).unsqueeze(1) + order  # [B, G] in rank order
     rows = torch.arange(batch, device=q.device)
     masked = torch.zeros_like(scores, dtype=torch.bool)
     loss = scores.new_zeros(())

@@ -1,0 +1,55 @@
+"""Arguments of ``python -m llm_embedder.jax.train``: run_dense.py's names, reused field by field.
+
+``ModelArguments`` and ``DataArguments`` are the torch trainer's own dataclasses. The training options
+are the subset of ``RetrievalTrainingArguments`` (Hugging Face ``TrainingArguments`` + the loss options)
+that the JAX trainer implements, copied from that dataclass by name so names, defaults and help stay
+one definition, plus the JAX-only options (mesh, gradient caching).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..training.arguments import RetrievalTrainingArguments
+
+SHARED_TRAINING_FIELDS = (
+    "output_dir", "overwrite_output_dir", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "gradient_accumulation_steps", "seed",
+    "data_seed", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
+    "contrastive_weight", "distill_weight", "stable_distill", "stable_distill_positive_first", "distill_loss",
+    "teacher_temperature", "student_temperature", "inbatch_negatives", "negative_cross_device",
+)
+
+
+@dataclass
+class JaxOptions:
+    """Options only the JAX trainer has."""
+
+    mesh_shape: int = field(default=-1, metadata={"help": "Devices on the 1-d `data` mesh (batch sharded, parameters replicated); -1: all."})
+    grad_cache: bool = field(default=False, metadata={"help": "Gradient caching: embed in chunks, backward chunk by chunk (same gradients)."})
+    query_num_chunks: int = field(default=1, metadata={"help": "Query chunks per batch with --grad_cache."})
+    passage_num_chunks: int = field(default=1, metadata={"help": "Key (passage) chunks per batch with --grad_cache."})
+    save_final_checkpoint: bool = field(default=True, metadata={"help": "Also write an orbax checkpoint after the last step."})
+
+
+def _shared_fields():
+    hints = typing.get_type_hints(RetrievalTrainingArguments)
+    by_name = {f.name: f for f in dataclasses.fields(RetrievalTrainingArguments)}
+    out = []
+    for name in SHARED_TRAINING_FIELDS:
+        f = by_name[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = hints[name]
+        if name == "resume_from_checkpoint":
+            kind, default = Optional[str], None
+        if name == "save_steps":
+            default = 0  # no periodic checkpoints unless asked (HF's 500 assumes save_strategy)
+        out.append((name, kind, field(default=default, metadata=dict(f.metadata))))
+    return out
+
+
+JaxTrainingArguments = dataclasses.make_dataclass("JaxTrainingArguments", _shared_fields(), bases=(JaxOptions,))
+JaxTrainingArguments.__doc__ = "run_dense.py's training and loss options that the JAX trainer implements, plus JaxOptions."
