@@ -273,3 +273,33 @@ def test_report_chooses_the_recipe_on_valid_and_never_on_test(tmp_path):
     assert result["chosen_vs_best_baseline"]["mean_gain_nats"] < 0 and result["rows"]["trained:kl"]["seeds"] == 2
     assert result["rows"]["trained:kl"]["std_nll"] == pytest.approx(0.01 / math.sqrt(2))
     assert "Chosen on valid: `kl`" in markdown(result)
+
+
+@pytest.mark.slow
+def test_smollm2_scores_by_ids_equal_the_decoded_text_and_none_is_plain_perplexity(tmp_path):
+    """The real SmolLM2 on one stdlib file: the ids the builder stores score what the file's text scores."""
+    from llm_embedder.lm.loading import load_lm
+    from llm_embedder.lm.scorer import LMScorer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    stdlib = Path(__file__).resolve().parents[1] / "data" / "python_stdlib" / "files"
+    for name in ("textwrap.py", "fractions.py", "calendar.py"):
+        (src / name).write_text((stdlib / name).read_text())
+    lm = load_lm("smollm2")
+    params = BuildParams(chunk_tokens=32, n_candidates=4, test_files=1, valid_files=1,
+                         max_targets={"train": 2, "valid": 0, "test": 0})
+    records = build(python_files(src), src, lm.tokenizer, params)["train"]
+    sep = lm.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    sets = [[(), (0,)] for _ in records]
+    results = score_key_sets(records, sets, sep, LMScorer(lm.model), 4096, progress=False)
+    checked = 0
+    for r, res in zip(records, results):
+        for keys in ((), (0,)):
+            prompt, target = lm_input(r, keys, sep)
+            text_ids = lm.tokenizer(lm.tokenizer.decode(prompt + target), add_special_tokens=False)["input_ids"]
+            if text_ids == prompt + target:
+                ref = reference_score(lm.model, text_ids[:len(prompt)], text_ids[len(prompt):])
+                assert sum(res[keys]) / len(res[keys]) == pytest.approx(ref, abs=1e-4)
+                checked += 1
+    assert checked >= 2
