@@ -22,12 +22,12 @@ logger = logging.getLogger("llm_embedder.jax.train")
 
 
 def parse_args(argv=None):
-    from transformers import HfArgumentParser
-
+    """The three dataclasses, parsed by the project's argument layer (peer aliases, one-line errors)."""
+    from ..argparsing import dataclass_parser
     from ..training.arguments import DataArguments, ModelArguments
     from .arguments import JaxTrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, JaxTrainingArguments))
+    parser = dataclass_parser((ModelArguments, DataArguments, JaxTrainingArguments), prog="python -m llm_embedder.jax.train")
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 def check_args(model_args, args) -> None:
     """Option values the JAX trainer cannot honour: one line each, before anything is loaded."""
-    if model_args.lora_rank:
+    if model_args.lora_rank or getattr(model_args, "lora", False):
         raise UserError("--lora_rank: LoRA is not implemented in the JAX trainer (use run_dense.py)")
     if model_args.add_pooler or model_args.projection_out_dim:
         raise UserError("--add_pooler: the JAX trainer has no projection layer")
@@ -71,13 +71,15 @@ def build(model_args, data_args, args) -> Run:
     from ..data.collator import EmbedderCollator
     from ..modeling.losses import LossParams
     from ..training.model import task_loss_params
-    from ..training.run import load_inputs, task_instructions
+    from ..training.run import apply_prefixes, load_inputs, task_instructions
     from .checkpoint import Checkpoints
     from .data import BatchStream, BucketTokenizer
     from .step import Embedder, StepOptions, TrainStep, check_batch_layout, make_mesh, make_optimizer
     from .weights import load_encoder
 
     check_args(model_args, args)
+    if args.jax_distributed:  # every host runs this command; each builds the same global batch (seeded plan)
+        jax.distributed.initialize()
     if not data_args.train_data:
         raise UserError("--train_data: the JAX trainer needs training files")
     default = LossParams(contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
@@ -108,6 +110,7 @@ def build(model_args, data_args, args) -> Run:
                           seed=args.seed)
     loaded.model.set_gradient_checkpointing(args.gradient_checkpointing)
     tasks = sorted({data_args.default_task} | set(dataset.tasks))
+    apply_prefixes(model_args, tasks)
     tokenizer = BucketTokenizer(loaded.tokenizer, {"query": loaded.settings["query_max_length"],
                                                    "key": loaded.settings["key_max_length"]})
     collator = EmbedderCollator(tokenizer, add_instruction=model_args.add_instruction, tasks=tasks,
@@ -212,6 +215,10 @@ def main(argv=None) -> dict:
         raise UserError(f"--output_dir: {out} is not empty (pass --overwrite_output_dir or --resume_from_checkpoint)")
     run = build(model_args, data_args, args)
     state, stats = train_loop(run)
+    import jax
+
+    if jax.process_index() != 0:  # one host writes the model folder and metrics
+        return {}
     export_model(run.loaded, run.embed.graphdef, state["params"], out, run.instructions)
     metrics = {"train_" + k if not k.startswith("train_") else k: v for k, v in stats.items()}
     eval_file, eval_corpus = run.eval_inputs

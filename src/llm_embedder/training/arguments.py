@@ -142,7 +142,7 @@ class RetrievalTrainingArguments(TrainingArguments):
     distill_loss: str = arg("kl", "Distillation when not stable: kl | margin_mse.")
     cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ, a loss setting (per task in --task_config); "
                                        "Tevatron's and FlagEmbedding's --temperature is the same τ.",
-                                 tevatron=["--temperature"])
+                                 tevatron=["--temperature"], trove=["--temperature"])
     teacher_temperature: float = arg(1.0, "T_t: softmax(teacher / T_t).")
     student_temperature: float = arg(1.0, "T_s: softmax(s(q,k) / T_s) in KL distillation.")
     inbatch_negatives: bool = arg(True, "Other queries' keys are negatives (contrastive and stable distillation).")

@@ -7,9 +7,13 @@ its resolved recipe (:func:`task_losses`) and this module only picks the one of 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..loss_settings import LOSS_SETTINGS
 from ..modeling.grad_cache import GradCache, grad_cached_loss, upcast
 from ..modeling.losses import LossParams, TaskLoss, build_task_loss
 
@@ -17,6 +21,18 @@ from ..modeling.losses import LossParams, TaskLoss, build_task_loss
 def task_losses(recipes, negative_cross_device: bool = False) -> dict[str, TaskLoss]:
     """``{task: TaskLoss}`` from resolved recipes (a dataset's ``recipes``); bad terms raise a UserError."""
     return {r.name: build_task_loss(r, negative_cross_device) for r in recipes}
+
+
+def task_loss_params(default: LossParams, recipes) -> dict[str, LossParams]:
+    """``{task: LossParams}``: each resolved recipe's loss settings (for trainers that run the default terms
+    only, such as the JAX one); a recipe that lists its own loss terms is a UserError there."""
+    out = {}
+    for recipe in recipes:
+        if recipe.source("losses") != "settings":
+            raise UserError(f"task '{recipe.name}': its recipe lists loss terms ({', '.join(t.name for t in recipe.losses)}); "
+                            "this trainer runs only the terms the loss settings select (train it with run_dense.py)")
+        out[recipe.name] = dataclasses.replace(default, **{name: getattr(recipe, name) for name in LOSS_SETTINGS})
+    return out
 
 
 def _as_task_loss(loss) -> TaskLoss:

@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..loss_settings import LOSS_SETTINGS
 from ..modeling.grad_cache import replay_through
 from ..modeling.losses import LossParams
-from ..schema import write_json
+from ..io import write_json
 from .model import EmbedderModel, task_losses
 from .train_log import TrainLogCallback
 
