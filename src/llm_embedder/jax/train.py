@@ -71,7 +71,7 @@ def build(model_args, data_args, args) -> Run:
     from ..data.collator import EmbedderCollator
     from ..modeling.losses import LossParams
     from ..training.model import task_loss_params
-    from ..training.run import apply_prefixes, load_inputs, task_instructions
+    from ..training.run import load_inputs, task_instructions
     from .checkpoint import Checkpoints
     from .data import BatchStream, BucketTokenizer
     from .step import Embedder, StepOptions, TrainStep, check_batch_layout, make_mesh, make_optimizer
@@ -85,7 +85,7 @@ def build(model_args, data_args, args) -> Run:
     default = LossParams(contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
                          stable_distill=args.stable_distill, stable_distill_positive_first=args.stable_distill_positive_first,
                          teacher_temperature=args.teacher_temperature, student_temperature=args.student_temperature,
-                         cos_temperature=model_args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
+                         cos_temperature=args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
                          negative_cross_device=args.negative_cross_device, distill_loss=args.distill_loss)
     mesh = make_mesh(args.mesh_shape)
     global_batch = args.per_device_train_batch_size * mesh.size
@@ -110,11 +110,11 @@ def build(model_args, data_args, args) -> Run:
                           seed=args.seed)
     loaded.model.set_gradient_checkpointing(args.gradient_checkpointing)
     tasks = sorted({data_args.default_task} | set(dataset.tasks))
-    apply_prefixes(model_args, tasks)
+    instructions = task_instructions(tasks, model_args)  # the registry's, or --query_prefix/--passage_prefix
     tokenizer = BucketTokenizer(loaded.tokenizer, {"query": loaded.settings["query_max_length"],
                                                    "key": loaded.settings["key_max_length"]})
-    collator = EmbedderCollator(tokenizer, add_instruction=model_args.add_instruction, tasks=tasks,
-                                default_task=data_args.default_task)
+    collator = EmbedderCollator(tokenizer, add_instruction=bool(instructions), instructions=instructions or None,
+                                tasks=tasks, default_task=data_args.default_task)
     seed = args.data_seed if args.data_seed is not None else args.seed
     stream = BatchStream(dataset, collator, global_batch, seed, data_args.inbatch_same_dataset, data_args.dataset_weights)
     updates_per_epoch = max(len(stream) // args.gradient_accumulation_steps, 1)
@@ -128,7 +128,7 @@ def build(model_args, data_args, args) -> Run:
                 global_batch, args.gradient_accumulation_steps, updates_per_epoch)
     checkpoints = Checkpoints(Path(args.output_dir) / "checkpoints", args.save_total_limit)
     return Run(loaded, dataset, stream, TrainStep(embed, tx, mesh), embed, options_for, total, args, checkpoints,
-               (eval_file, eval_corpus), task_instructions(tasks, model_args.add_instruction))
+               (eval_file, eval_corpus), instructions)
 
 
 def _resume(run: Run, state):
