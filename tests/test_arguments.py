@@ -52,6 +52,13 @@ TRAIN_PEER_FLAGS = {
     "--dataset_path": ("x.json", "train_data", ["x.json"]),
     "--train_dir": ("x.json", "train_data", ["x.json"]),
     "--cache_dir": ("/tmp/hf", "cache_dir", "/tmp/hf"),
+    "--append_eos_token": (None, "append_eos", True),
+    "--append_eos": (None, "append_eos", True),
+    "--group_size": ("3", "train_group_size", 3),
+    "--query_encoder": ("minilm", "model_name_or_path", "minilm"),
+    "--evaluation_strategy": ("no", "eval_strategy", "no"),
+    "--use_train_config": (None, "use_train_config", True),
+    "--version": ("llm-embedder", "version", "llm-embedder"),
     "--tokenizer_name": ("minilm", "tokenizer_name", "minilm"),
 }
 

@@ -107,3 +107,21 @@ def test_eval_instructions_default_to_the_saved_models_own(tmp_path, answers_onl
                           "--metrics", "nq", "--cutoffs", "1", "--hits", "1", "--output_dir", str(out),
                           "--cache_dir", str(tmp_path / "cache")]) == 0
         assert json.loads(next(out.glob("*.eval.*.json")).read_text())["instructions"] == expected
+
+
+def test_reference_data_root_sets_where_llm_embedder_paths_resolve(tmp_path, monkeypatch):
+    from llm_embedder.resources import resolve_data_path
+
+    monkeypatch.setenv("LLM_EMBEDDER_DATA", "/nowhere")
+    parse_args(["--output_dir", "o", "--data_root", str(tmp_path)])
+    assert resolve_data_path("llm-embedder:x/train.json") == tmp_path / "x" / "train.json"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data_root", "/no/such/folder"], "--data_root: /no/such/folder is not a folder"),
+    (["--use_train_config", "false"], "per-task recipes always apply"),
+    (["--version", "bge"], "only the llm-embedder instructions are built in"),
+])
+def test_reference_flags_we_cannot_honour_are_refused(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_args(["--output_dir", "o", *argv])

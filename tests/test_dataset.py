@@ -54,9 +54,9 @@ def test_select_positive_teacher_takes_a_negative_and_removes_it(tmp_path):
     ds = TrainDataset([write(tmp_path, "a.json", [record])], train_group_size=5, select_positive="teacher",
                       select_negative="top")
     item = ds[0]
-    # 3 negatives left, cycled to 4 (best first), then ranked by the teacher for qa's stable distillation
-    assert item["keys"] == ["q-n1", "q-n0", "q-n0", "q-n2", "q-n3"]
-    assert item["teacher_scores"] == [3.0, 0.5, 0.5, 0.3, 0.2]
+    # 3 negatives left, cycled to 4 (best first); ranking by the teacher is the loss's job, not the dataset's
+    assert item["keys"] == ["q-n1", "q-n0", "q-n2", "q-n3", "q-n0"]
+    assert item["teacher_scores"] == [3.0, 0.5, 0.3, 0.2, 0.5]
     assert_aligned(item, score_of)
 
 
@@ -131,14 +131,27 @@ def test_too_few_negatives_are_repeated_evenly_with_their_scores(tmp_path):
         assert_aligned(item, score_of)
 
 
-def test_stable_distill_orders_negatives_by_teacher_and_keeps_the_positive_first(tmp_path):
+def test_stable_distill_tasks_keep_the_sampled_order_and_the_loss_ranks_them(tmp_path):
+    """The dataset yields keys as sampled (positive first); the stable-distillation loss orders them by teacher
+    score itself, so it is the same for any order of the negatives."""
+    import torch
+
+    from llm_embedder.modeling.losses import stable_distill_loss
+
     record, score_of = scored_row("q", [0.0], [0.5, 3.0, -1.0, 2.0, 1.0, 4.0], task="qa")  # qa: stable_distill
     ds = TrainDataset([write(tmp_path, "a.json", [record])], train_group_size=4)
-    for epoch in range(5):
+    orders = [ds[(epoch, 0)]["teacher_scores"][1:] for epoch in range(10)]
+    assert any(o != sorted(o, reverse=True) for o in orders)  # not re-sorted by the dataset
+    for epoch in range(3):
         item = ds[(epoch, 0)]
         assert item["keys"][0] == "q-p0" and item["teacher_scores"][0] == 0.0
-        assert item["teacher_scores"][1:] == sorted(item["teacher_scores"][1:], reverse=True)
         assert_aligned(item, score_of)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 8, generator=gen, dtype=torch.float64), torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    t = torch.tensor([[0.0, 0.5, 3.0, -1.0]], dtype=torch.float64)
+    perm = [0, 2, 3, 1]
+    assert stable_distill_loss(q, k, t, 4).item() == pytest.approx(stable_distill_loss(q, k[perm], t[:, perm], 4).item(),
+                                                                  rel=1e-12)
 
 
 def test_kl_tasks_keep_the_sampled_negative_order(tmp_path):
@@ -176,7 +189,7 @@ def test_corpus_rows_become_texts(tmp_path):
     corpus = Corpus.from_texts(["zero", "one", "two", "three"])
     record = {"query": "q", "pos_index": [2], "neg_index": [0, 3], "teacher_scores": [1.0, 0.0, 0.5], "task": "qa"}
     ds = TrainDataset([write(tmp_path, "a.json", [record])], corpus=corpus, train_group_size=3)
-    assert ds[0]["keys"] == ["two", "three", "zero"] and ds[0]["teacher_scores"] == [1.0, 0.5, 0.0]
+    assert ds[0]["keys"] == ["two", "zero", "three"] and ds[0]["teacher_scores"] == [1.0, 0.0, 0.5]
 
 
 def test_group_size_one_needs_no_negatives(tmp_path):
@@ -308,7 +321,7 @@ def test_from_records_and_record_files_are_validated(tmp_path):
       {"query": "r", "pos": ["p"], "neg": ["n"], "task": "qa"}], {},
      r"a.json:2: teacher_scores: missing while 1 other records of this file have them"),
     ([{"query": "q", "pos": ["p"], "neg": ["n"], "task": "tool"}], {"select_positive": "teacher"},
-     r"select_positive 'teacher' \(from cli\) needs teacher_scores and this file has none \(set select_positive first with --select_positive\)"),
+     r"select_positive 'teacher' \(from cli\) needs teacher_scores and this file has none \(set select_positive first with --select_positive \(or for task 'tool' in --task_config\)\)"),
     ([{"query": "q", "pos": [], "neg": ["a", "b"], "teacher_scores": [0.0, 1.0], "task": "qa"}], {},
      r"a.json:1: pos: no positive for select_positive 'first'"),
     ([{"query": "q", "pos": ["p"], "task": "tool"}], {},
@@ -318,7 +331,7 @@ def test_from_records_and_record_files_are_validated(tmp_path):
     ([{"query": "q", "pos_index": [1], "neg": ["n"], "task": "tool"}], {},
      r"a.json:1: pos_index/neg_index: keys given as corpus rows but no --corpus"),
     ([{"query": "q", "pos": ["p"], "neg": ["n"], "task": "icl"}], {},
-     r"task 'icl' has contrastive_weight 0 \(from recipe\) but its records have no teacher_scores: nothing to learn .*for task 'icl' in --task_config"),
+     r"task 'icl' has contrastive_weight 0 \(from recipe\) but its records have no teacher_scores: nothing to learn .*with --contrastive_weight \(or for task 'icl' in --task_config\)"),
     ([{"query": "q", "pos": ["p"], "neg": ["n"], "task": "qa"}], {"contrastive_weight": 0.0},
      r"task 'qa' has contrastive_weight 0 \(from cli\) .* with --contrastive_weight"),
 ])

@@ -86,3 +86,10 @@ def test_built_wheel_runs_every_step_from_another_folder(repo_root, tmp_path):
     where = subprocess.run([sys.executable, "-c", "import evaluation, llm_embedder; print(evaluation.__file__, llm_embedder.__file__)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60).stdout
     assert where.count(str(target)) == 2  # imported from the installed copy, not from the repository
+
+
+def test_train_subcommand_exits_0_although_run_dense_returns_metrics(monkeypatch):
+    from llm_embedder.training import run as train_run
+
+    monkeypatch.setattr(train_run, "main", lambda argv: {"eval_ndcg@10": 0.5})
+    assert cli.main(["train", "--output_dir", "x"]) == 0

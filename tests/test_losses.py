@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from llm_embedder.errors import UserError
 from llm_embedder.modeling import distributed
-from llm_embedder.modeling.losses import (LOSSES, LossParams, compute_loss, get_loss, infonce_loss,
+from llm_embedder.modeling.losses import (LOSSES, LossParams, LossTerm, RegisteredLoss, TaskLoss, compute_loss,
+                                          get_loss, infonce_loss, register_loss,
                                           kl_distill_loss, margin_mse_loss, stable_distill_loss,
                                           teacher_ranking)
 
@@ -343,12 +344,11 @@ def test_zero_weight_terms_are_not_computed(monkeypatch):
         raise AssertionError("a zero-weight term was computed")
 
     q, k, t = _batch(2, 2, 3)
-    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", boom, False, lambda p: {}))
+    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", boom, False))
     out = compute_loss(q, k, t, 2, LossParams(contrastive_weight=0.0, distill_weight=1.0))
     assert out["contrastive"].item() == 0.0 and out["distill"].item() > 0
-    monkeypatch.setitem(LOSSES, "kl_distill", RegisteredLoss("kl_distill", boom, True, lambda p: {}))
-    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", lambda *a, **kw: q.sum() * 0 + 1.5, False,
-                                                          lambda p: {}))
+    monkeypatch.setitem(LOSSES, "kl_distill", RegisteredLoss("kl_distill", boom, True))
+    monkeypatch.setitem(LOSSES, "infonce", RegisteredLoss("infonce", lambda *a, **kw: q.sum() * 0 + 1.5, False))
     out = compute_loss(q, k, t, 2, LossParams(contrastive_weight=2.0, distill_weight=0.0))
     assert out["loss"].item() == pytest.approx(3.0) and out["distill"].item() == 0.0
 
@@ -380,9 +380,28 @@ def test_registry():
     assert set(LOSSES) >= {"infonce", "kl_distill", "stable_distill", "margin_mse"}
     with pytest.raises(UserError, match="unknown loss 'nope'; known: .*infonce"):
         get_loss("nope")
+    assert get_loss("stable_distill").setting_keywords() == {
+        "cos_temperature": "cos_temperature", "teacher_temperature": "teacher_temperature",
+        "inbatch_negatives": "inbatch_negatives", "positive_first": "stable_distill_positive_first"}
+    with pytest.raises(UserError, match="task 'x': loss 'infonce' has no parameter 'margin' \\(it takes: cos_temperature"):
+        TaskLoss([LossTerm("infonce", 1.0, (("margin", 0.1),))], LossParams().__dict__, where="task 'x'")
+    with pytest.raises(UserError, match="already registered"):
+        register_loss(RegisteredLoss("infonce", infonce_loss, False))
+
+
+def test_a_registered_loss_is_a_term_with_its_params_and_the_settings_it_names(monkeypatch):
+    seen = {}
+
+    def hinge(q, k, group_size, *, cos_temperature=1.0, margin=0.0):
+        seen.update(cos_temperature=cos_temperature, margin=margin)
+        return (q.sum() * 0 + 1.0) * margin
+
+    monkeypatch.setitem(LOSSES, "hinge", RegisteredLoss("hinge", hinge, needs_teacher=False))
     q, k, _ = _batch(2, 2, 3)
-    with pytest.raises(ValueError, match="needs teacher scores"):
-        get_loss("kl_distill")(q, k, None, 2, LossParams())
+    settings = dict(LossParams(cos_temperature=0.07).__dict__)
+    out = TaskLoss([LossTerm("hinge", 2.0, (("margin", 0.25),))], settings)(q, k, None, 2)
+    assert seen == {"cos_temperature": 0.07, "margin": 0.25} and out["loss"].item() == pytest.approx(0.5)
+    assert out["hinge"].item() == pytest.approx(0.25)
 
 
 def test_layout_errors():

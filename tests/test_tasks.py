@@ -59,10 +59,11 @@ def test_qa_contrastive_weight_comes_from_the_command_line():
     assert resolve_recipe("qa").contrastive_weight == RECIPE_DEFAULTS["contrastive_weight"]
 
 
-def test_precedence_task_config_over_recipe_over_cli_over_default(registry, tmp_path):
+def test_precedence_task_config_over_cli_over_recipe_over_default(registry, tmp_path):
     cli = {"teacher_temperature": 0.5, "select_negative": "top", "train_group_size": 4}
     chat = resolve_recipe("chat", cli)
-    assert chat.teacher_temperature == 0.1 and chat.source("teacher_temperature") == "recipe"
+    assert chat.teacher_temperature == 0.5 and chat.source("teacher_temperature") == "cli"  # typed: it wins
+    assert chat.select_positive == "teacher" and chat.source("select_positive") == "recipe"
     assert chat.select_negative == "top" and chat.source("select_negative") == "cli"
     assert chat.student_temperature == 1.0 and chat.source("student_temperature") == "default"
     config = tmp_path / "tasks.json"

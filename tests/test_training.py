@@ -39,6 +39,9 @@ def test_multitask_training_saves_a_sentence_transformers_model(tiny_bert_nodrop
                         "--max_steps", "4", "--add_instruction"))
     info = json.loads((out / "run_args.json").read_text())
     assert info["versions"]["torch"] == torch.__version__
+    recipes = json.loads((out / "recipes.json").read_text())  # the resolved recipe of each task, with sources
+    assert recipes["qa"]["losses"][1]["name"] == "stable_distill" and recipes["qa"]["sources"]["stable_distill"] == "recipe"
+    assert recipes["chat"]["losses"][0] == {"name": "infonce", "weight": 0.0}
     state = json.loads((out / "trainer_state.json").read_text()) if (out / "trainer_state.json").exists() else None
     texts = ["what is the capital of France?", "Paris is the capital of France."]
     ours = DenseEncoder.from_pretrained(out).encode(texts, side="query", instruction="Represent this query for retrieving relevant documents: ", show_progress=False)

@@ -24,28 +24,27 @@ import sys
 import types
 from typing import Any, Iterable, Sequence
 
-PEERS = ("tevatron", "trove", "flagembedding")
-_DOC_KEYS = ("peers", "reference_default")
+PEER_NAMES = {"reference": "LLM-Embedder", "tevatron": "Tevatron", "trove": "Trove", "flagembedding": "FlagEmbedding"}
+PEERS = tuple(PEER_NAMES)
+_DOC_KEYS = ("peers",)
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-        reference: Any = dataclasses.MISSING, **peers: Sequence[str]):
+        **peers: Sequence[str]):
     """A dataclass field with help and peer aliases: ``arg(8, "...", tevatron=["--train_n_passages"])``.
 
-    ``reference`` records the reference (LLM-Embedder ``run_dense.py``) default where it differs from ours,
-    for the generated table in docs/migration.md; the reason for the difference must be in that doc.
+    Each alias parses to this field and is listed in ``--help`` after our name; :func:`peer_aliases` lists
+    them for docs/migration.md.
     """
     unknown = set(peers) - set(PEERS)
     if unknown:
         raise TypeError(f"unknown peer {sorted(unknown)}; known: {PEERS}")
-    aliases = [a for names in peers.values() for a in names]
-    notes = "; ".join(f"{peer.capitalize()}: {', '.join(names)}" for peer, names in peers.items())
+    aliases = list(dict.fromkeys(a for names in peers.values() for a in names))  # peers may share a name
+    notes = "; ".join(f"{PEER_NAMES[peer]}: {', '.join(names)}" for peer, names in peers.items())
     metadata = {"help": f"{help} [{notes}]" if notes else help}
     if aliases:
         metadata["aliases"] = aliases
         metadata["peers"] = dict(peers)
-    if reference is not dataclasses.MISSING:
-        metadata["reference_default"] = reference
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -177,7 +176,10 @@ def dataclass_parser(dataclass_types: Iterable[type], prog: str | None = None):
         def _parse_dataclass_field(parser, field):
             # our metadata keys are for the docs, not for argparse's add_argument
             field = copy.copy(field)
-            field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in _DOC_KEYS})
+            metadata = {k: v for k, v in field.metadata.items() if k not in _DOC_KEYS}
+            if "aliases" in metadata:  # a peer spelling equal to ours is listed in the docs, not added twice
+                metadata["aliases"] = [a for a in metadata["aliases"] if a not in (f"--{field.name}", f"--{field.name.replace('_', '-')}")]
+            field.metadata = types.MappingProxyType(metadata)
             HfArgumentParser._parse_dataclass_field(parser, field)
 
     parser = DataclassParser(list(dataclass_types), prog=prog, allow_abbrev=False)

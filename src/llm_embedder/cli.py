@@ -53,12 +53,17 @@ def dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str, kind
         where = prog.split(" ", 1)[1] + ": " if " " in prog else ""
         raise UserError(f"{where}unknown {kind} '{name}' (known: {', '.join(sorted(table))})")
     module_name, func_name = table[name][0].split(":")
-    return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
+    result = getattr(importlib.import_module(module_name), func_name)(rest)
+    return result if isinstance(result, int) else 0  # run_dense's main returns its metrics: success
 
 
 @cli_guard
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(SUBCOMMANDS, list(sys.argv[1:] if argv is None else argv), "llm-embedder", "command")
+    from .noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)  # --verbose anywhere on the line; LLM_EMBEDDER_VERBOSE=1 tells the subcommand too
+    return dispatch(SUBCOMMANDS, argv, "llm-embedder", "command", hint="   (--verbose: show third-party startup messages)")
 
 
 if __name__ == "__main__":

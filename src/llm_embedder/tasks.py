@@ -1,113 +1,107 @@
-"""Task registry: one declarative recipe per task (instructions, group size, losses, selection, filters).
+"""Task registry: one declarative recipe per task (instructions, group size, selection, filters, loss).
 
 A batch's ``task`` field picks its recipe, so one multi-task run trains qa with stable distillation, chat
 with KL distillation and tool retrieval with contrastive loss only. The six built-in recipes follow the
 reference's ``TASK_CONFIG["llm-embedder"]`` (see :data:`LLM_EMBEDDER_TASKS`); a YAML/JSON
 ``--task_config`` file overrides fields of a task or registers new tasks.
 
-Every recipe field is resolved by :func:`resolve_recipe` with this precedence (first one set wins):
+A recipe's loss is a list of terms ``[{name, weight, **params}]`` naming registered losses
+(:mod:`llm_embedder.loss_settings`); a recipe that lists none gets the terms its loss settings select
+(InfoNCE weighted by ``contrastive_weight`` + the distillation ``stable_distill``/``distill_loss`` pick,
+weighted by ``distill_weight``). :func:`resolve_recipe` decides every field once, with this precedence
+(first one set wins):
 
-1. the task's entry in ``--task_config``;
-2. the task's recipe (built in, or registered in code with :func:`register_task`);
-3. the command-line value (DataArguments / TrainingArguments);
-4. :data:`RECIPE_DEFAULTS` (the project's command-line defaults, for callers without argument objects).
+1. the task's entry in ``--task_config`` (the most specific: this task, from this run);
+2. a value given explicitly on the command line (or in the arguments file) -- it applies to every task;
+3. the task's recipe (built in, or registered in code with :func:`register_task`);
+4. :data:`RECIPE_DEFAULTS` (the command-line defaults).
 
-A recipe therefore sets only what makes its task different (lrlm's teacher-chosen positive, chat's
-temperature, ...); everything it leaves unset is the command line's. The resolved values and where each
-came from are logged when a training file is loaded, so a flag a recipe overrides is visible, not silent.
+A value that only *equals* a default still counts when it was typed (``--stable_distill False`` turns
+qa's stable distillation off): the parse step records which arguments were given
+(``training_args.explicit_args``). One combination is an error instead of a silent choice: a term-choosing
+setting (``contrastive_weight``, ``distill_weight``, ``stable_distill``, ``distill_loss``) given explicitly
+for a task whose recipe lists its own ``losses``. The resolved recipes are logged when the training files
+are loaded and saved as ``recipes.json`` in the output directory, each field with where it came from.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import json
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserError
+from .loss_settings import LOSS_SETTINGS, TERM_SETTINGS, LossTerm, default_terms, loss_setting_defaults, parse_terms
 
 logger = logging.getLogger(__name__)
 
 SELECT_POSITIVE = ("first", "random", "teacher")
 SELECT_NEGATIVE = ("random", "top")
 
-
-@dataclass
-class TaskRecipe:
-    """How records of one task are encoded, sampled and scored by the loss (``None`` = not set here)."""
-
-    name: str
-    query_instruction: str = ""
-    key_instruction: str = ""
-    train_group_size: int | None = None
-    contrastive_weight: float | None = None
-    distill_weight: float | None = None
-    stable_distill: bool | None = None
-    teacher_temperature: float | None = None
-    student_temperature: float | None = None
-    inbatch_negatives: bool | None = None  # other queries' keys are negatives in the contrastive loss
-    select_positive: str | None = None  # first | random | teacher
-    select_negative: str | None = None  # random | top
-    teacher_scores_margin: float | None = None
-    teacher_scores_min: float | None = None
-    max_sample_num: int | None = None  # keep at most this many records per file of this task
-    lm_template: str | None = None  # the LM-scoring template (llm_embedder.lm.templates)
-    extra: dict = field(default_factory=dict)
-
-    def get(self, name: str, default):
-        """The recipe's value for ``name``, or ``default`` (the command-line value) when unset."""
-        value = getattr(self, name, None)
-        return default if value is None else value
-
-
-# Fields resolved through the precedence chain, with the value used when neither the recipe nor the
-# command line sets them: the project's command-line defaults (training/arguments.py; a test keeps the two
-# in step). The reference's run_dense.py differs in one: contrastive_weight 0.2, but its loss ignores the
-# weight whenever the contrastive loss is the only one active (modeling_dense.py, _compute_loss).
+# Fields resolved through the precedence chain, with the value used when nothing sets them: the project's
+# command-line defaults (training/arguments.py; a test keeps the two in step). The reference's run_dense.py
+# differs in one: contrastive_weight 0.2, but its loss ignores the weight whenever the contrastive loss is
+# the only one active (modeling_dense.py, _compute_loss).
 RECIPE_DEFAULTS: dict[str, Any] = {
     "train_group_size": 8,
-    "contrastive_weight": 1.0,
-    "distill_weight": 1.0,
-    "stable_distill": False,
-    "teacher_temperature": 1.0,
-    "student_temperature": 1.0,
-    "inbatch_negatives": True,
     "select_positive": "first",
     "select_negative": "random",
     "teacher_scores_margin": None,  # None = no filter
     "teacher_scores_min": None,
     "max_sample_num": None,
+    **loss_setting_defaults(),
 }
 RESOLVED_FIELDS = tuple(RECIPE_DEFAULTS)
 
 
-@dataclass(frozen=True)
-class ResolvedRecipe:
-    """A task's recipe with every field decided (see the module docstring for the precedence)."""
+def _get(self, name: str, default):
+    """The recipe's value for ``name``, or ``default`` when unset."""
+    value = getattr(self, name, None)
+    return default if value is None else value
 
-    name: str
-    query_instruction: str
-    key_instruction: str
-    train_group_size: int
-    contrastive_weight: float
-    distill_weight: float
-    stable_distill: bool
-    teacher_temperature: float
-    student_temperature: float
-    inbatch_negatives: bool
-    select_positive: str
-    select_negative: str
-    teacher_scores_margin: float | None
-    teacher_scores_min: float | None
-    max_sample_num: int | None
-    lm_template: str | None = None
-    # where each resolved field came from: "task_config" | "cli" | "recipe" | "default"
-    sources: tuple[tuple[str, str], ...] = ()
 
-    def source(self, name: str) -> str:
-        return dict(self.sources)[name]
+# How records of one task are encoded, sampled and scored by the loss; ``None`` = not set here. Fields:
+# name, query_instruction, key_instruction, every RESOLVED_FIELDS name, losses (list of {name, weight,
+# **params}), keys_from_history (the record's ``history`` are the keys: chat), lm_template (LM scoring),
+# extra. Generated from the tables above so that a loss setting is declared once (loss_settings.py).
+TaskRecipe = dataclasses.make_dataclass(
+    "TaskRecipe",
+    [("name", str), ("query_instruction", str, field(default="")), ("key_instruction", str, field(default=""))]
+    + [(name, Any, field(default=None)) for name in RESOLVED_FIELDS]
+    + [("losses", Any, field(default=None)), ("keys_from_history", Any, field(default=None)),
+       ("lm_template", Any, field(default=None)), ("extra", dict, field(default_factory=dict))],
+    namespace={"get": _get, "__doc__": "A task's recipe: what makes it different from the defaults (None = not set)."},
+)
+TaskRecipe.__module__ = __name__
+
+
+def _source(self, name: str) -> str:
+    return dict(self.sources)[name]
+
+
+def _to_dict(self) -> dict:
+    """JSON-able: every field, the loss terms as mappings, and where each resolved field came from."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("losses", "sources")}
+    out["losses"] = [term.to_dict() for term in self.losses]
+    out["sources"] = dict(self.sources)
+    return out
+
+
+# A task's recipe with every field decided (see the module docstring for the precedence); ``losses`` are
+# LossTerms, ``sources`` says per field "task_config" | "cli" | "recipe" | "default".
+ResolvedRecipe = dataclasses.make_dataclass(
+    "ResolvedRecipe",
+    [("name", str), ("query_instruction", str), ("key_instruction", str)]
+    + [(name, Any) for name in RESOLVED_FIELDS]
+    + [("losses", tuple, field(default=())), ("keys_from_history", bool, field(default=False)),
+       ("lm_template", Any, field(default=None)), ("sources", tuple, field(default=()))],
+    frozen=True, namespace={"source": _source, "to_dict": _to_dict,
+                            "__doc__": "A task's recipe with every field decided (tasks.resolve_recipe)."},
+)
+ResolvedRecipe.__module__ = __name__
 
 
 # Instructions and training recipes of BAAI/llm-embedder. Source: FlagEmbedding research/llm_embedder,
@@ -135,7 +129,7 @@ LLM_EMBEDDER_TASKS: dict[str, TaskRecipe] = {
         "chat", "Embed this dialogue to find useful historical dialogues: ",
         "Embed this historical dialogue for retrieval: ",
         select_positive="teacher", contrastive_weight=0.0, distill_weight=1.0, teacher_temperature=0.1,
-        stable_distill=False, lm_template="chat"),
+        stable_distill=False, keys_from_history=True, lm_template="chat"),
     "lrlm": TaskRecipe(
         "lrlm", "Embed this text chunk for finding useful historical chunks: ",
         "Embed this historical text chunk for retrieval: ",
@@ -160,7 +154,7 @@ def register_task(recipe: TaskRecipe, overwrite: bool = False) -> TaskRecipe:
     """Add a custom task (or replace one with ``overwrite``)."""
     if recipe.name in _REGISTRY and not overwrite:
         raise UserError(f"task '{recipe.name}' is already registered")
-    check_recipe_fields(dataclasses.asdict(recipe), f"task '{recipe.name}'")
+    check_recipe_fields({f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}, f"task '{recipe.name}'")
     _REGISTRY[recipe.name] = recipe
     _OVERRIDES.pop(recipe.name, None)
     return recipe
@@ -195,60 +189,76 @@ def _cli_value(cli, name: str):
 
 
 def resolve_recipe(task: str, cli=None) -> ResolvedRecipe:
-    """Decide every recipe field of ``task``: --task_config > recipe > command line > RECIPE_DEFAULTS.
+    """Decide every recipe field of ``task``: --task_config > command line > recipe > RECIPE_DEFAULTS.
 
-    ``cli`` is a mapping or any object with the argument attributes (DataArguments, TrainingArguments, or
+    ``cli`` holds the values given explicitly (a mapping, or an object such as
     :class:`~llm_embedder.data.dataset.TrainDataArgs`); missing attributes and ``None`` count as not given.
     """
-    recipe = get_task(task)  # raises on unknown tasks; --task_config overrides applied
-    overridden = _OVERRIDES.get(task, {})
+    get_task(task)  # raises on unknown tasks
+    base, overridden = _REGISTRY[task], _OVERRIDES.get(task, {})
     values, sources = {}, []
     for name in RESOLVED_FIELDS:
         cli_value = _cli_value(cli, name)
-        if getattr(recipe, name) is not None:
-            value, source = getattr(recipe, name), "task_config" if overridden.get(name) is not None else "recipe"
-            if cli_value is not None and cli_value != RECIPE_DEFAULTS[name] and cli_value != value:
-                logger.warning("task '%s': --%s %s is overridden by the task's %s (%s); change it for this task "
-                               "in --task_config", task, name, cli_value, source, value)
+        if overridden.get(name) is not None:
+            value, source = overridden[name], "task_config"
+            if cli_value is not None and cli_value != value:
+                logger.warning("task '%s': --task_config sets %s %s for this task; --%s %s applies to the others",
+                               task, name, value, name, cli_value)
         elif cli_value is not None:
             value, source = cli_value, "cli"
+            if getattr(base, name) is not None and getattr(base, name) != cli_value:
+                logger.info("task '%s': --%s %s replaces the recipe's %s", task, name, cli_value, getattr(base, name))
+        elif getattr(base, name) is not None:
+            value, source = getattr(base, name), "recipe"
         else:
             value, source = RECIPE_DEFAULTS[name], "default"
         values[name] = value
         sources.append((name, source))
     check_recipe_fields(values, f"task '{task}'")
+    where = f"task '{task}'"
+    spec = overridden.get("losses") if overridden.get("losses") is not None else base.losses
+    if spec is not None:
+        given = [n for n, src in sources if n in TERM_SETTINGS and src in ("cli", "task_config")]
+        if given:
+            raise UserError(f"{where}: {given[0]} is set ({dict(sources)[given[0]]}) but the task's recipe lists its "
+                            f"loss terms (losses); set each term's weight in its losses entry instead")
+        terms = parse_terms(spec, where)
+        sources.append(("losses", "task_config" if overridden.get("losses") is not None else "recipe"))
+    else:
+        terms = default_terms(values)
+        sources.append(("losses", "settings"))
+    recipe = get_task(task)
     return ResolvedRecipe(name=task, query_instruction=recipe.query_instruction, key_instruction=recipe.key_instruction,
+                          losses=terms, keys_from_history=bool(recipe.keys_from_history),
                           lm_template=recipe.lm_template, sources=tuple(sources), **values)
 
 
 def describe_recipe(recipe: ResolvedRecipe) -> str:
-    """One line: ``field=value (source)`` for every resolved field (for logs)."""
-    return ", ".join(f"{name}={getattr(recipe, name)} ({source})" for name, source in recipe.sources)
+    """One line: ``field=value (source)`` for every resolved field and the loss terms (for logs)."""
+    fields_ = [f"{name}={getattr(recipe, name)} ({source})" for name, source in recipe.sources if name != "losses"]
+    terms = " + ".join(f"{t.weight:g}*{t.name}" + (f"{dict(t.params)}" if t.params else "") for t in recipe.losses)
+    return ", ".join(fields_ + [f"losses={terms} ({recipe.source('losses')})"])
 
 
 def _check_value(name: str, value) -> str | None:
     """What is wrong with one recipe field value, or None."""
     if value is None:
         return None
+    if name in LOSS_SETTINGS:
+        return LOSS_SETTINGS[name].check(value)
     if name in ("query_instruction", "key_instruction", "lm_template"):
         return None if isinstance(value, str) else "must be a string"
     if name in ("train_group_size", "max_sample_num"):
         return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "must be an integer >= 1"
-    if name in ("stable_distill", "inbatch_negatives"):
+    if name == "keys_from_history":
         return None if isinstance(value, bool) else "must be true or false"
     if name == "select_positive":
         return None if value in SELECT_POSITIVE else f"must be one of {', '.join(SELECT_POSITIVE)}"
     if name == "select_negative":
         return None if value in SELECT_NEGATIVE else f"must be one of {', '.join(SELECT_NEGATIVE)}"
-    if name in ("contrastive_weight", "distill_weight", "teacher_scores_margin", "teacher_scores_min",
-                "teacher_temperature", "student_temperature"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return "must be a finite number"
-        if name in ("teacher_temperature", "student_temperature") and value <= 0:
-            return "must be > 0"
-        if name in ("contrastive_weight", "distill_weight") and value < 0:
-            return "must be >= 0"
-        return None
+    if name in ("teacher_scores_margin", "teacher_scores_min"):
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if finite else "must be a finite number"
     if name == "extra":
         return None if isinstance(value, dict) else "must be a mapping"
     return None
@@ -257,6 +267,9 @@ def _check_value(name: str, value) -> str | None:
 def check_recipe_fields(values: Mapping[str, Any], where: str) -> None:
     """Raise a UserError naming ``where`` and the first invalid field."""
     for name, value in values.items():
+        if name == "losses" and value is not None:
+            parse_terms(value, where)
+            continue
         problem = _check_value(name, value)
         if problem:
             raise UserError(f"{where}: {name}: {problem}, got {value!r}")
@@ -265,7 +278,7 @@ def check_recipe_fields(values: Mapping[str, Any], where: str) -> None:
 def load_task_config(path: str | Path) -> list[str]:
     """Apply a JSON/YAML file ``{task: {field: value}}``: existing tasks are overridden, new ones registered.
 
-    Overrides win over the built-in recipe and the command line for that task (see :func:`resolve_recipe`).
+    Overrides win over the command line and the built-in recipe for that task (see :func:`resolve_recipe`).
     Returns the task names the file mentions.
     """
     path = Path(path)

@@ -30,46 +30,62 @@ from ..errors import UserError
 from ..resources import resolve_data_path
 from ..retrieval.mining import normalize_text
 from ..schema import RecordFile, raise_if_errors, read_records, sidecar_corpus, uses_history, validate_records
-from ..tasks import ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
+from ..modeling.losses import get_loss
+from ..tasks import RESOLVED_FIELDS, ResolvedRecipe, describe_recipe, known_tasks, resolve_recipe
 
 logger = logging.getLogger(__name__)
 
 TRAIN_FILE_SUFFIXES = (".json", ".jsonl")
 
 
-@dataclass
-class TrainDataArgs:
-    """The arguments the dataset reads; ``None`` = not given on the command line (the recipe decides).
+def _given(source) -> dict[str, Any]:
+    """The values an argument source gives: a mapping's non-None items; for an object, the fields named in
+    its ``explicit_args`` (what the command line set, recorded by ``training.run.parse_args``), else -- an
+    argument dataclass built in Python -- the fields whose value differs from the field's default, else
+    every non-None attribute."""
+    if isinstance(source, dict):
+        return {k: v for k, v in source.items() if v is not None}
+    explicit = getattr(source, "explicit_args", None)
+    if explicit is not None:
+        return {name: getattr(source, name) for name in explicit if hasattr(source, name)}
+    if dataclasses.is_dataclass(source):
+        out = {}
+        for f in dataclasses.fields(source):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            value = getattr(source, f.name, None)
+            if value is not None and value != default:
+                out[f.name] = value
+        return out
+    return {name: getattr(source, name) for name in dir(source) if not name.startswith("_")
+            and getattr(source, name) is not None and not callable(getattr(source, name))}
 
-    Build it from the Hugging Face argument dataclasses with :meth:`from_args`.
-    """
 
-    train_group_size: int | None = None
-    select_positive: str | None = None
-    select_negative: str | None = None
-    teacher_scores_min: float | None = None
-    teacher_scores_margin: float | None = None
-    stable_distill: bool | None = None
-    max_sample_num: int | None = None
-    contrastive_weight: float | None = None
-    distill_weight: float | None = None
-    teacher_temperature: float | None = None
-    student_temperature: float | None = None
-    inbatch_negatives: bool | None = None
-    seed: int = 42
-    default_task: str | None = None
+def _from_args(cls, *sources: Any) -> "TrainDataArgs":
+    """Take each field from the first source that gives it (see :func:`_given`); ``seed`` and
+    ``default_task`` are run settings, taken whenever set."""
+    given = [_given(source) for source in sources]
+    values = {}
+    for f in dataclasses.fields(cls):
+        for source, have in zip(sources, given):
+            value = getattr(source, f.name, None) if f.name in ("seed", "default_task") and not isinstance(source, dict) \
+                else have.get(f.name)
+            if value is not None:
+                values[f.name] = value
+                break
+    return cls(**values)
 
-    @classmethod
-    def from_args(cls, *sources: Any) -> "TrainDataArgs":
-        """Take each field from the first source (object or mapping) that has it set (not None)."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            for source in sources:
-                value = source.get(f.name) if isinstance(source, dict) else getattr(source, f.name, None)
-                if value is not None:
-                    values[f.name] = value
-                    break
-        return cls(**values)
+
+# The arguments the dataset reads: every recipe field (None = not given, the recipe decides), the seed and
+# the default task. Build it from the Hugging Face argument dataclasses with ``TrainDataArgs.from_args``.
+TrainDataArgs = dataclasses.make_dataclass(
+    "TrainDataArgs",
+    [(name, Any, dataclasses.field(default=None)) for name in RESOLVED_FIELDS]
+    + [("seed", int, dataclasses.field(default=42)), ("default_task", Any, dataclasses.field(default=None))],
+    namespace={"from_args": classmethod(_from_args),
+               "__doc__": "Recipe fields given for this run (None = not given) plus seed and default_task."},
+)
+TrainDataArgs.__module__ = __name__
 
 
 @dataclass
@@ -121,16 +137,17 @@ def expand_train_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -
 
 
 def _how_to_set(name: str, recipe: ResolvedRecipe) -> str:
-    """Where a user changes a resolved field: the command line only reaches fields no recipe sets."""
-    if recipe.source(name) in ("cli", "default"):
-        return f"with --{name}"
-    return f"for task '{recipe.name}' in --task_config"
+    """Where a user changes a resolved field: --task_config for this task wins over the command line."""
+    if recipe.source(name) == "task_config":
+        return f"for task '{recipe.name}' in --task_config"
+    return f"with --{name} (or for task '{recipe.name}' in --task_config)"
 
 
-def _split_keys(record: dict) -> tuple[list, list]:
+def _split_keys(record: dict, keys_from_history: bool) -> tuple[list, list]:
     """``(positives, negatives)`` as key references in ``teacher_scores`` order (as schema.record_keys):
-    ``history`` for chat rows, else each side's texts when given, else its corpus rows (ints, read lazily)."""
-    if uses_history(record):
+    ``history`` for tasks whose recipe says so (chat) and rows that only have history, else each side's
+    texts when given, else its corpus rows (ints, read lazily)."""
+    if (keys_from_history and record.get("history") is not None) or uses_history(record):
         return [], list(record["history"])
     sides = []
     for side in ("pos", "neg"):
@@ -242,7 +259,12 @@ class TrainDataset(torch.utils.data.Dataset):
             i = scored.index(False)
             errors.append(f"{rf.where(i)}: teacher_scores: missing while {sum(scored)} other records of this file have "
                           "them (score all records of a file or none)")
-        if recipe.contrastive_weight == 0 and (not has_scores or recipe.distill_weight == 0):
+        if recipe.source("losses") != "settings":  # the recipe lists its own terms
+            active = [t for t in recipe.losses if t.weight > 0]
+            if not active or (not has_scores and all(get_loss(t.name).needs_teacher for t in active)):
+                why = "every term's weight is 0" if not active else "every term needs teacher_scores and its records have none"
+                errors.append(f"{rf.path}: task '{task}': losses ({recipe.source('losses')}): {why}: nothing to learn")
+        elif recipe.contrastive_weight == 0 and (not has_scores or recipe.distill_weight == 0):
             why = "its records have no teacher_scores" if not has_scores else "distill_weight is 0 too"
             errors.append(f"{rf.path}: task '{task}' has contrastive_weight 0 (from {recipe.source('contrastive_weight')}) "
                           f"but {why}: nothing to learn (score the file with run_lm_score.py, or set contrastive_weight "
@@ -300,10 +322,11 @@ class TrainDataset(torch.utils.data.Dataset):
     def _prepare_row(self, rf: RecordFile, i: int, record: dict, task: str, recipe: ResolvedRecipe,
                      errors: list[str], corpus: Corpus | None) -> _Row | None:
         where = rf.where(i)
-        if task == "chat" and not record.get("history"):
-            errors.append(f"{where}: history: chat records need a non-empty history (the past sessions to retrieve from)")
+        if recipe.keys_from_history and not record.get("history"):
+            errors.append(f"{where}: history: {task} records need a non-empty history (the past sessions to retrieve "
+                          "from; the task's recipe has keys_from_history)")
             return None
-        pos, neg = _split_keys(record)
+        pos, neg = _split_keys(record, recipe.keys_from_history)
         scores = record.get("teacher_scores")
         for ref in pos + neg:
             if isinstance(ref, int):
@@ -411,11 +434,6 @@ class TrainDataset(torch.utils.data.Dataset):
                 order = self._negative_order(row, recipe, n_neg, rng)
                 negatives = [row.negatives[j] for j in order]
                 neg_scores = [row.neg_scores[j] for j in order] if row.neg_scores is not None else None
-                if recipe.stable_distill and neg_scores is not None:
-                    # stable distillation reads keys as ranked by the teacher: negatives best first
-                    ranked = sorted(range(len(negatives)), key=lambda j: -neg_scores[j])
-                    negatives = [negatives[j] for j in ranked]
-                    neg_scores = [neg_scores[j] for j in ranked]
             else:
                 negatives, neg_scores = self._random_corpus_negatives(row, n_neg, rng, tf.corpus), None
             keys += negatives

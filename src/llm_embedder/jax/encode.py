@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from .data import BucketTokenizer
 
 
@@ -33,8 +34,12 @@ class JaxEncoder:
         self._embed = jax.jit(self.embedder, static_argnums=(3,))
 
     @classmethod
-    def from_pretrained(cls, name_or_path, pooling_method=None, query_max_length=None, key_max_length=None) -> "JaxEncoder":
+    def from_pretrained(cls, name_or_path, pooling_method=None, query_max_length=None, key_max_length=None,
+                        append_eos=False) -> "JaxEncoder":
         from .weights import load_encoder
+
+        if append_eos:
+            raise UserError("--append_eos_token: the JAX encoder is a BERT encoder; EOS last-token pooling is torch-only")
 
         return cls(load_encoder(name_or_path, pooling_method=pooling_method, query_max_length=query_max_length,
                                 key_max_length=key_max_length))

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_queries", type=int, help="score only the first N rows")
     p.add_argument("--max_keys", type=int, help="score only the first N keys of each row (pos first)")
     p.add_argument("--save_every", type=int, default=256, help="checkpoint finished pairs every N pairs; 0 = never")
+    p.add_argument("--verbose", action="store_true", help="show third-party startup messages (datasets, DeepSpeed, tokenizers)")
     return p
 
 
@@ -194,7 +195,11 @@ def run(args: argparse.Namespace) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(build_parser().parse_args(argv))
+    from ..noise import quiet_third_party
+
+    args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
+    run(args)
     return 0
 
 

@@ -204,7 +204,7 @@ class DenseEncoder(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, *, pooling_method: str = "mean", normalize: bool = True,
                  query_max_length: int = 256, key_max_length: int = 256, key_model: nn.Module | None = None,
                  projection: nn.Linear | None = None, key_projection: nn.Linear | None = None,
-                 instructions: Mapping | None = None, lora: dict | None = None):
+                 instructions: Mapping | None = None, lora: dict | None = None, append_eos: bool = False):
         super().__init__()
         get_pooling(pooling_method)
         if key_model is None and key_projection is not None:
@@ -221,6 +221,7 @@ class DenseEncoder(nn.Module):
         self.max_lengths = {"query": query_max_length, "key": key_max_length}
         self.instructions = _check_instructions(instructions or {})
         self.lora = lora  # {"rank", "alpha", "dropout", "target_modules"} when adapters are attached
+        self.append_eos = bool(append_eos)  # end every text with the EOS token (last-token pooling on decoders)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -229,7 +230,8 @@ class DenseEncoder(nn.Module):
                         key_max_length: int | None = None, tie_encoders: bool | None = None,
                         add_pooler: bool | None = None, projection_out_dim: int | None = None, lora_rank: int = 0,
                         lora_alpha: float = 16.0, lora_dropout: float = 0.1,
-                        lora_target_modules: list[str] | str | None = None, torch_dtype=None) -> "DenseEncoder":
+                        lora_target_modules: list[str] | str | None = None, torch_dtype=None,
+                        append_eos: bool | None = None) -> "DenseEncoder":
         """Load an encoder from an alias (``minilm``) or a local HF / sentence-transformers / saved directory.
 
         A setting left ``None`` takes the value saved in the directory's ``llm_embedder.json``, else what its
@@ -310,7 +312,8 @@ class DenseEncoder(nn.Module):
         return cls(model, tokenizer, pooling_method=settings["pooling_method"], normalize=settings["normalize"],
                    query_max_length=settings["query_max_length"], key_max_length=settings["key_max_length"],
                    key_model=key_model, projection=projection, key_projection=key_projection,
-                   instructions=saved.get("instructions") or {}, lora=lora)
+                   instructions=saved.get("instructions") or {}, lora=lora,
+                   append_eos=saved.get("append_eos", False) if append_eos is None else append_eos)
 
     @staticmethod
     def _resolve_settings(path: Path, explicit: dict) -> tuple[dict, dict, dict]:
@@ -398,7 +401,8 @@ class DenseEncoder(nn.Module):
         return {"pooling_method": self.pooling_method, "normalize": self.normalize,
                 "query_max_length": self.max_lengths["query"], "key_max_length": self.max_lengths["key"],
                 "tie_encoders": self.tie_encoders, "add_pooler": self.projection is not None,
-                "projection_out_dim": self.projection.out_features if self.projection is not None else None}
+                "projection_out_dim": self.projection.out_features if self.projection is not None else None,
+                "append_eos": self.append_eos}
 
     def _tower(self, side: str) -> tuple[nn.Module, nn.Linear | None]:
         if _check_side(side) == "key" and self.key_model is not None:
@@ -414,8 +418,24 @@ class DenseEncoder(nn.Module):
         texts = _check_texts(texts)
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
-        return self.tokenizer([instruction + text for text in texts], padding=True, truncation=True,
-                              max_length=self.max_lengths[_check_side(side)], return_tensors="pt")
+        if not self.append_eos:
+            return self.tokenizer([instruction + text for text in texts], padding=True, truncation=True,
+                                  max_length=self.max_lengths[_check_side(side)], return_tensors="pt")
+        return self.tokenizer.pad(self._token_ids(texts, side, instruction), padding=True, return_tensors="pt")
+
+    def _token_ids(self, texts: list[str], side: str, instruction: str) -> dict:
+        """Unpadded token ids of ``instruction + text``; with ``append_eos`` cut to max_length - 1 and ended by EOS
+        (Tevatron's ``append_eos_token``), so last-token pooling reads the EOS state of every text."""
+        max_length = self.max_lengths[_check_side(side)]
+        if not self.append_eos:
+            return self.tokenizer([instruction + text for text in texts], truncation=True, max_length=max_length,
+                                  padding=False)
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise UserError("--append_eos_token: the tokenizer has no EOS token")
+        ids = self.tokenizer([instruction + text for text in texts], truncation=True, max_length=max_length - 1,
+                             padding=False)["input_ids"]
+        return {"input_ids": [row + [eos] for row in ids]}
 
     def embed(self, batch: Mapping[str, torch.Tensor], side: str = "query") -> torch.Tensor:
         """``[N, D]`` embeddings of a tokenised batch, with gradient; projected / normalised as configured."""
@@ -459,8 +479,7 @@ class DenseEncoder(nn.Module):
         if not texts:
             return out
         # tokenise once, then batch by token count (tighter padding than sorting by characters)
-        encoded = self.tokenizer([instruction + text for text in texts], truncation=True,
-                                 max_length=self.max_lengths[side], padding=False)
+        encoded = self._token_ids(texts, side, instruction)
         fields = list(encoded.keys())
         order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         was_training = self.training

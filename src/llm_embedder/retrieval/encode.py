@@ -186,7 +186,7 @@ def encode_chunks(encoder, texts: Sequence[str], chunks: list[tuple[int, int]], 
     todo = [c for c in chunks if cache is None or not cache.has_chunk(*c)]
     if cache is not None and len(todo) < len(chunks):
         logger.info("resuming: %d of %d chunks already encoded in %s", len(chunks) - len(todo), len(chunks), cache.dir)
-    bar = tqdm(total=sum(e - s for s, e in todo), desc=f"encoding {side}s", unit="text", disable=not show_progress)
+    bar = tqdm(total=sum(e - s for s, e in todo), desc=f"encoding {'queries' if side == 'query' else side + 's'}", unit="text", disable=not show_progress)
     for start, end in chunks:
         if cache is not None and cache.has_chunk(start, end):
             out.append(load_npy(cache.chunk_path(start, end)))

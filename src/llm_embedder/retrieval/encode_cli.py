@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..argparsing import ArgParser
+from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
 from ..schema import write_json
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling_method", "--pooling", default=None, help="default: the model's saved setting")
     p.add_argument("--query_max_length", "--query_max_len", "--q_max_len", type=int, default=None)
     p.add_argument("--key_max_length", "--passage_max_len", "--p_max_len", type=int, default=None)
+    p.add_argument("--append_eos_token", "--append_eos", dest="append_eos", action=BoolFlag, default=None,
+                   help="end every text with EOS (default: the model's saved setting)")
     p.add_argument("--batch_size", "--per_device_eval_batch_size", type=int, default=64)
     p.add_argument("--chunk_size", type=int, default=256, help="rows per cached chunk (the unit of resuming and sharding)")
     p.add_argument("--cache_dir", default=None, help="chunk cache for resuming (default $LLM_EMBEDDER_CACHE or .cache)")
@@ -98,8 +100,8 @@ def main(argv: list[str] | None = None, build_encoder=None) -> int:
     from .encode import encode_texts, save_npy, shard_rows
 
     encoder = (build_encoder or DenseEncoder.from_pretrained)(
-        model_dir, pooling_method=args.pooling_method, query_max_length=args.query_max_length,
-        key_max_length=args.key_max_length)
+        model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
+        query_max_length=args.query_max_length, key_max_length=args.key_max_length)
     instruction = ""
     if args.add_instruction:
         from .eval_cli import _instructions

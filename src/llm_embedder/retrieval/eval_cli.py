@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--max_neg_num", type=int, default=100)
     mine.add_argument("--neg_start", type=int, default=0, help="skip the first N retrieved ranks")
     mine.add_argument("--filter_answers", action="store_true", help="drop keys that contain one of the answers")
+    p.add_argument("--verbose", action="store_true", help="show third-party startup messages (faiss, datasets, DeepSpeed)")
     return p
 
 
@@ -165,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                            subsample_label, subsample_rows)
     from .mining import check_mining_args, mine_negatives, write_mined_sidecar
 
+    from ..noise import quiet_third_party
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
     started = time.time()
     validate_args(args)
     eval_metrics = [m for m in args.metrics if m not in ACTIONS]

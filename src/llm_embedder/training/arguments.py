@@ -3,8 +3,8 @@
 Names follow the reference LLM-Embedder ``run_dense.py`` and Hugging Face; Tevatron's, Trove's and
 FlagEmbedding's names for the same settings are aliases (declared with :func:`~llm_embedder.argparsing.arg`,
 listed in ``--help`` and in docs/migration.md). Defaults are the reference's where the argument carries its
-name; the exceptions and their reasons are in docs/migration.md (``reference=`` marks them here, and the
-table there is generated from these fields).
+name; the exceptions and their reasons are in :mod:`llm_embedder.migration`, which writes the table of
+docs/migration.md from these fields.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 
 from ..argparsing import arg
 from ..errors import UserError
+from ..resources import DATA_ROOT_ENV
 
 TEVATRON_GC_CHUNKS = (4, 32)  # Tevatron's gc_q_chunk_size / gc_p_chunk_size defaults, used by a bare --grad_cache
 TEVATRON_LORA_RANK = 8  # Tevatron v2's lora_r default, used by a bare --lora
@@ -25,23 +26,22 @@ TEVATRON_LORA_RANK = 8  # Tevatron v2's lora_r default, used by a bare --lora
 class ModelArguments:
     """Which encoder to train and how it embeds text."""
 
-    model_name_or_path: str = arg("minilm", "Local HF/sentence-transformers directory, alias (minilm) or Hugging Face model id.")
+    model_name_or_path: str = arg("minilm", "Local HF/sentence-transformers directory, alias (minilm) or Hugging Face model id.",
+                                  reference=["--query_encoder"])
     # None = keep what the model directory says (a saved llm-embedder / sentence-transformers model), else
     # the encoder defaults: mean pooling, normalised, 256/256 tokens, tied, no projection.
     pooling_method: Optional[str] = arg(None, "cls | mean | last (eos), left/right padding aware (default: the model's, else mean).",
-                                        tevatron=["--pooling"], flagembedding=["--sentence_pooling_method"])
+                                        tevatron=["--pooling"], trove=["--pooling"], flagembedding=["--sentence_pooling_method"])
     normalize: Optional[bool] = arg(None, "L2-normalise embeddings (default: the model's, else True).",
-                                    flagembedding=["--normalize_embeddings"])
+                                    tevatron=["--normalize"], trove=["--normalize"], flagembedding=["--normalize_embeddings"])
     query_max_length: Optional[int] = arg(None, "Max query tokens, instruction included (default: the model's, else 256).",
-                                          tevatron=["--q_max_len", "--query_max_len"])
+                                          tevatron=["--q_max_len", "--query_max_len"], trove=["--query_max_len"])
     key_max_length: Optional[int] = arg(None, "Max key tokens, instruction included (default: the model's, else 256).",
-                                        tevatron=["--p_max_len", "--passage_max_len"])
+                                        tevatron=["--p_max_len", "--passage_max_len"], trove=["--passage_max_len"])
     tie_encoders: Optional[bool] = arg(None, "One encoder for queries and keys; False: a separate key encoder "
                                        "(Tevatron's bare --untie_encoder sets False).")
     add_pooler: Optional[bool] = arg(None, "Add a trainable linear projection on top of pooling.")
     projection_out_dim: Optional[int] = arg(None, "Output size of the --add_pooler projection (default: hidden size).")
-    cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ (Tevatron's and FlagEmbedding's --temperature is the same τ).",
-                                 tevatron=["--temperature"])
     add_instruction: bool = arg(True, "Prepend each task's LLM-Embedder query/key instructions (as the reference; --add_instruction false trains without).")
     query_prefix: Optional[str] = arg(None, "Text put before every query (replaces the task instructions for queries; implies instructions on).")
     passage_prefix: Optional[str] = arg(None, "Text put before every key (replaces the task instructions for keys; implies instructions on).")
@@ -52,6 +52,8 @@ class ModelArguments:
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     lora_target_modules: Optional[list[str]] = arg(None, "Module names LoRA adapts, space or comma separated "
                                                    "(default: peft's choice for the architecture, query/value for BERT).")
+    append_eos: Optional[bool] = arg(None, "End every query and key with the tokenizer's EOS token (for last-token pooling on "
+                                     "decoders; default: the saved model's setting, else off).", tevatron=["--append_eos_token"], trove=["--append_eos"])
     tokenizer_name: Optional[str] = arg(None, "Tokenizer folder or name; must be the model's own (the tokenizer is saved with the model).")
     cache_dir: Optional[str] = arg(None, "Hugging Face cache folder for models given by hub id (default: $HF_HUB_CACHE).")
 
@@ -78,7 +80,7 @@ class DataArguments:
     corpus: Optional[str] = arg(None, "Corpus JSONL (row number = key index) for files whose .meta.json sidecar names none.")
     key_template: Optional[str] = arg(None, "Key text from a corpus row, e.g. '{title} {text}' (default: title + text).")
     default_task: str = arg("qa", "Task of records without a `task` field.")
-    train_group_size: int = arg(8, "Keys per query: 1 positive + (G-1) negatives.", tevatron=["--train_n_passages"])
+    train_group_size: int = arg(8, "Keys per query: 1 positive + (G-1) negatives.", tevatron=["--train_n_passages"], trove=["--group_size"])
     select_positive: str = arg("first", "first | random | teacher (highest teacher score).")
     select_negative: str = arg("random", "random | top (highest teacher score / first listed).")
     teacher_scores_margin: Optional[float] = arg(None, "Drop rows whose best minus worst teacher score is below this (as the reference).")
@@ -92,8 +94,23 @@ class DataArguments:
     max_eval_queries: Optional[int] = arg(None, "Evaluate on the first N queries of --eval_data.")
     eval_corpus_subsample: Optional[int] = arg(None, "Cheaper eval: all positives + N seeded other corpus rows.")
     eval_on_groups: bool = arg(False, "Cheaper eval: rank each query's own pos+neg group (Trove-style).")
+    data_root: Optional[str] = arg(None, "Folder that `llm-embedder:` paths resolve against (default: $LLM_EMBEDDER_DATA, else the repo's data/).")
+    use_train_config: bool = arg(True, "Per-task recipes (tasks.py) set each task's loss settings, as the reference's "
+                                 "--use_train_config; they always apply here (change them with --task_config).")
+    version: str = arg("llm-embedder", "Instruction set of the task registry: llm-embedder (the only one built in; "
+                       "others through --task_config).")
 
     def __post_init__(self):
+        if self.data_root is not None:
+            if not os.path.isdir(self.data_root):
+                raise UserError(f"--data_root: {self.data_root} is not a folder")
+            os.environ[DATA_ROOT_ENV] = os.path.abspath(self.data_root)  # read by every llm-embedder: path lookup
+        if not self.use_train_config:
+            raise UserError("--use_train_config false: per-task recipes always apply here; override a task's settings "
+                            "with --task_config instead")
+        if self.version != "llm-embedder":
+            raise UserError(f"--version: only the llm-embedder instructions are built in, got {self.version!r}; "
+                            "register other instructions with --task_config")
         if self.dataset_name not in (None, "json"):
             if not os.path.exists(self.dataset_name):
                 raise UserError(f"--dataset_name: {self.dataset_name!r} is not a local file or folder; hub datasets are "
@@ -109,15 +126,17 @@ class RetrievalTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the loss options of LLM-Embedder (DESIGN.md §3)."""
 
     output_dir: Optional[str] = arg(None, "Where checkpoints, the final model and metrics.json go.")
-    contrastive_weight: float = arg(1.0, "α in α·contrastive + β·distill, applied as given (the reference: 0.2, ignored when contrastive is the only loss).",
-                                   reference=0.2)
+    contrastive_weight: float = arg(1.0, "α in α·contrastive + β·distill, applied as given (the reference: 0.2, ignored when contrastive is the only loss).")
     distill_weight: float = arg(1.0, "β in α·contrastive + β·distill (used where teacher_scores exist).")
     stable_distill: bool = arg(False, "Rank-aware stable distillation instead of KL.")
     stable_distill_positive_first: bool = arg(True, "Stable distillation: the labelled positive ranks first regardless of its teacher score.")
     distill_loss: str = arg("kl", "Distillation when not stable: kl | margin_mse.")
+    cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ, a loss setting (per task in --task_config); "
+                                       "Tevatron's and FlagEmbedding's --temperature is the same τ.",
+                                 tevatron=["--temperature"], trove=["--temperature"])
     teacher_temperature: float = arg(1.0, "T_t: softmax(teacher / T_t).")
     student_temperature: float = arg(1.0, "T_s: softmax(s(q,k) / T_s) in KL distillation.")
-    inbatch_negatives: bool = arg(True, "Other queries' keys are negatives in the contrastive loss.")
+    inbatch_negatives: bool = arg(True, "Other queries' keys are negatives (contrastive and stable distillation).")
     negative_cross_device: bool = arg(True, "Gather keys from all processes as negatives (no effect in one process).",
                                       tevatron=["--negatives_x_device"], flagembedding=["--negatives_cross_device"])
     grad_cache: bool = arg(False, f"GradCache on; chunk sizes from --grad_cache_chunk_size, else Tevatron's {TEVATRON_GC_CHUNKS[1]}.")
@@ -129,10 +148,11 @@ class RetrievalTrainingArguments(TrainingArguments):
     learning_rate: float = arg(5e-6, "AdamW learning rate.")
     warmup_ratio: float = arg(0.1, "Fraction of the steps with linear warm-up.")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
-    save_steps: float = arg(500, "Save (and, with --eval_data, evaluate) every N steps; giving it turns on --save_strategy steps.")
-    save_strategy: str = arg("no", "no | steps | epoch (checkpoints for --resume_from_checkpoint); --save_steps alone means steps.",
-                              reference="steps")
-    eval_strategy: str = arg("no", "no | steps | epoch; follows --save_strategy when --eval_data is given; the final evaluation runs whenever --eval_data is set.")
+    per_device_train_batch_size: int = arg(16, "Queries per device per step (each with --train_group_size keys).")
+    save_steps: float = arg(2000, "Save (and, with --eval_data, evaluate) every N steps; giving it turns on --save_strategy steps.")
+    save_strategy: str = arg("no", "no | steps | epoch (checkpoints for --resume_from_checkpoint); --save_steps alone means steps.")
+    eval_strategy: str = arg("no", "no | steps | epoch; follows --save_strategy when --eval_data is given; the final evaluation runs whenever --eval_data is set.",
+                             reference=["--evaluation_strategy"])
 
     def __post_init__(self):
         if self.output_dir is None:

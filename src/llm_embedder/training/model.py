@@ -1,52 +1,53 @@
-"""The module the Trainer optimises: a DenseEncoder plus the per-task loss recipe.
+"""The module the Trainer optimises: a DenseEncoder plus one loss object per task.
 
 Everything that produces a gradient runs inside ``forward`` so that DDP and DeepSpeed see one forward
 call per step (calling encoder methods from the trainer directly would bypass their gradient hooks).
-The loss itself lives in :mod:`llm_embedder.modeling.losses`; this module only picks each batch's
-``LossParams`` from its task recipe, with the command-line values as defaults.
+The losses live in :mod:`llm_embedder.modeling.losses`; each task's :class:`TaskLoss` is built once from
+its resolved recipe (:func:`task_losses`) and this module only picks the one of the batch's task.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 from torch import nn
 
 from ..modeling.grad_cache import grad_cached_loss
-from ..modeling.losses import LossParams, compute_loss
-
-# LossParams fields decided per task by its resolved recipe (same names in both)
-RECIPE_LOSS_FIELDS = ("contrastive_weight", "distill_weight", "stable_distill", "teacher_temperature",
-                      "student_temperature", "inbatch_negatives")
+from ..modeling.losses import LossParams, TaskLoss, build_task_loss
 
 
-def task_loss_params(default: LossParams, recipes) -> dict[str, LossParams]:
-    """``{task: LossParams}``: the command-line options with each resolved recipe's loss fields."""
-    return {r.name: dataclasses.replace(default, **{f: getattr(r, f) for f in RECIPE_LOSS_FIELDS}) for r in recipes}
+def task_losses(recipes, negative_cross_device: bool = False) -> dict[str, TaskLoss]:
+    """``{task: TaskLoss}`` from resolved recipes (a dataset's ``recipes``); bad terms raise a UserError."""
+    return {r.name: build_task_loss(r, negative_cross_device) for r in recipes}
+
+
+def _as_task_loss(loss) -> TaskLoss:
+    return TaskLoss.from_params(loss) if isinstance(loss, LossParams) else loss
 
 
 class EmbedderModel(nn.Module):
-    """``forward(query_inputs, key_inputs, teacher_scores, task, group_size) -> {"loss", "contrastive", "distill"}``."""
+    """``forward(query_inputs, key_inputs, teacher_scores, task, group_size) -> {"loss", <term>: value, ...}``.
 
-    def __init__(self, encoder, default_params: LossParams, task_params: dict[str, LossParams] | None = None,
-                 grad_cache_chunk_size: int = 0):
+    ``default_loss`` serves batches of a task without its own entry in ``task_losses``; both accept
+    :class:`TaskLoss` or :class:`LossParams`.
+    """
+
+    def __init__(self, encoder, default_loss, task_losses: dict | None = None, grad_cache_chunk_size: int = 0):
         super().__init__()
         self.encoder = encoder
-        self.default_params = default_params
-        self.task_params = dict(task_params or {})
+        self.default_loss = _as_task_loss(default_loss)
+        self.task_losses = {task: _as_task_loss(loss) for task, loss in (task_losses or {}).items()}
         self.grad_cache_chunk_size = grad_cache_chunk_size  # 0: plain backward; N: GradCache in N-row chunks
         self.config = getattr(encoder, "config", None)  # some Trainer code paths read model.config
 
-    def loss_params(self, task: str) -> LossParams:
-        """The batch task's loss options (its resolved recipe), or the command-line ones for unknown tasks."""
-        return self.task_params.get(task, self.default_params)
+    def loss_for(self, task: str) -> TaskLoss:
+        """The batch task's loss (from its resolved recipe), or the default one for unknown tasks."""
+        return self.task_losses.get(task, self.default_loss)
 
     def forward(self, query_inputs, key_inputs, teacher_scores=None, task: str = "qa", group_size: int | None = None, **_):
-        params = self.loss_params(task)
+        objective = self.loss_for(task)
 
         def loss_fn(q, k):
             scores = teacher_scores.to(q.dtype) if teacher_scores is not None else None
-            return compute_loss(q, k, scores, group_size or k.shape[0] // q.shape[0], params)
+            return objective(q, k, scores, group_size or k.shape[0] // q.shape[0])
 
         if self.grad_cache_chunk_size and self.training and torch.is_grad_enabled():
             return grad_cached_loss(lambda batch, side: self.encoder.embed(batch, side=side), query_inputs, key_inputs,

@@ -48,7 +48,8 @@ def parse_args(argv=None):
         explicit = parser.explicit_dests(parser.normalise_argv(argv))
         namespace, _ = parser.parse_known_args(argv)
         loaded = parser.parse_args_into_dataclasses(argv + implied_options(explicit, namespace))
-    loaded[2].explicit_args = frozenset(explicit)
+    for args in loaded:  # every argument object: TrainDataArgs.from_args reads data and training fields
+        args.explicit_args = frozenset(explicit)
     return loaded
 
 
@@ -127,6 +128,9 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
         seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
         train_dataset = TrainDataset(data_args.train_data, corpus=corpus,
                                      args=TrainDataArgs.from_args(data_args, training_args), seed=seed)
+        from .model import task_losses
+
+        task_losses(train_dataset.recipes, training_args.negative_cross_device)  # every loss term exists, before any model
     eval_file = eval_corpus = None
     if data_args.eval_data:
         named = sidecar_corpus(data_args.eval_data)
@@ -168,6 +172,17 @@ def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tupl
     return {t: (get_task(t).query_instruction, get_task(t).key_instruction) for t in tasks}
 
 
+def resolved_recipes(train_dataset) -> dict:
+    """``{task: resolved recipe}`` (every field, its loss terms, and where each value came from)."""
+    if train_dataset is None:
+        return {}
+    return {recipe.name: recipe.to_dict() for recipe in train_dataset.recipes}
+
+
+def _public(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k != "explicit_args"}
+
+
 def run_info(model_args, data_args, training_args) -> dict:
     """Arguments and library versions recorded next to every output."""
     import platform
@@ -178,7 +193,8 @@ def run_info(model_args, data_args, training_args) -> dict:
     from .. import __version__
 
     return {
-        "args": {"model": vars(model_args), "data": vars(data_args), "training": training_args.to_dict()},
+        "args": {"model": _public(vars(model_args)), "data": _public(vars(data_args)), "training": training_args.to_dict()},
+        "explicit_args": sorted(getattr(training_args, "explicit_args", ()) or ()),
         "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
     }
@@ -200,7 +216,7 @@ def build_trainer(model_args, data_args, training_args):
         tie_encoders=model_args.tie_encoders, add_pooler=model_args.add_pooler,
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        lora_target_modules=model_args.lora_target_modules,
+        lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
@@ -219,13 +235,17 @@ def build_trainer(model_args, data_args, training_args):
                                        default_task=data_args.default_task),
         evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
         instructions=task_instructions(sorted(tasks), model_args.add_instruction),
-        cos_temperature=model_args.cos_temperature, run_info=run_info(model_args, data_args, training_args),
+        run_info={**run_info(model_args, data_args, training_args), "recipes": resolved_recipes(train_dataset)},
     )
     return trainer
 
 
 @cli_guard
 def main(argv=None) -> dict:
+    from ..noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)  # before transformers' Trainer imports datasets and deepspeed
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.process_index == 0 else logging.WARNING)
@@ -235,6 +255,8 @@ def main(argv=None) -> dict:
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)
+        if trainer.run_info.get("recipes"):  # the loss and sampling each task trained with, with sources
+            write_json(Path(training_args.output_dir) / "recipes.json", trainer.run_info["recipes"])
     metrics = {}
     if train and trainer.train_dataset is not None:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

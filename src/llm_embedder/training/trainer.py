@@ -22,9 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from ..errors import UserError
+from ..loss_settings import LOSS_SETTINGS
 from ..modeling.losses import LossParams
 from ..schema import write_json
-from .model import EmbedderModel, task_loss_params
+from .model import EmbedderModel, task_losses
 from .train_log import TrainLogCallback
 
 TRAINING_STATE = "llm_embedder_training_state.safetensors"
@@ -39,31 +41,47 @@ class _EpochAwareLoader(DataLoader):
             self.batch_sampler.set_epoch(epoch)
 
 
-def loss_params_from_args(args, cos_temperature: float) -> LossParams:
-    """The command-line loss options as LossParams (task recipes override them per batch)."""
-    return LossParams(
-        contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
-        stable_distill=args.stable_distill, stable_distill_positive_first=args.stable_distill_positive_first,
-        teacher_temperature=args.teacher_temperature, student_temperature=args.student_temperature,
-        cos_temperature=cos_temperature, inbatch_negatives=args.inbatch_negatives,
-        negative_cross_device=args.negative_cross_device, distill_loss=args.distill_loss,
-    )
+def loss_params_from_args(args) -> LossParams:
+    """The training arguments' loss settings as LossParams (for batches of a task the dataset does not know)."""
+    return LossParams(**{name: getattr(args, name) for name in LOSS_SETTINGS},
+                      negative_cross_device=args.negative_cross_device)
+
+
+def check_loss_args_reach_recipes(args, recipes) -> None:
+    """A loss setting given in the training arguments that a task's resolved recipe does not carry is an error.
+
+    The loss of each task is decided once, when the dataset resolves its recipe (run_dense.py passes the
+    explicit command-line values there). A Python caller who sets, say, ``contrastive_weight`` only in
+    RetrievalTrainingArguments would otherwise train with the recipe's value without knowing it.
+    """
+    explicit = getattr(args, "explicit_args", None)
+    for name, setting in LOSS_SETTINGS.items():
+        value = getattr(args, name, setting.default)
+        if (name not in explicit) if explicit is not None else value == setting.default:
+            continue
+        for recipe in recipes:
+            if getattr(recipe, name) != value and recipe.source(name) not in ("cli", "task_config"):
+                raise UserError(f"--{name} {value}: task '{recipe.name}' was resolved with {name} "
+                                f"{getattr(recipe, name)} ({recipe.source(name)}); give it to the dataset too "
+                                f"(TrainDataset(..., {name}={value!r})) or set it for the task in --task_config")
 
 
 class EmbedderTrainer(Trainer):
     """Trainer for a :class:`DenseEncoder` (or an :class:`EmbedderModel` wrapping one).
 
+    Each batch's loss is its task's :class:`~llm_embedder.modeling.losses.TaskLoss`, built once from the
+    train dataset's resolved recipes (the one path of every loss setting, ``cos_temperature`` included).
     ``evaluator`` is a callable ``encoder -> {metric: value}`` (see :class:`RetrievalEvaluator`);
     ``sampler_mode``/``dataset_weights`` configure the task-homogeneous batch sampler;
     ``instructions`` ({task: (query_instruction, key_instruction)}) are stored with the saved model.
     """
 
     def __init__(self, model=None, args=None, *, evaluator=None, sampler_mode: str = "epoch",
-                 dataset_weights=None, instructions=None, cos_temperature: float = 0.01, run_info=None, **kwargs):
+                 dataset_weights=None, instructions=None, run_info=None, **kwargs):
         if model is not None and not isinstance(model, EmbedderModel):
-            default = loss_params_from_args(args, cos_temperature)
             recipes = getattr(kwargs.get("train_dataset"), "recipes", None) or []
-            model = EmbedderModel(model, default, task_loss_params(default, recipes),
+            check_loss_args_reach_recipes(args, recipes)
+            model = EmbedderModel(model, loss_params_from_args(args), task_losses(recipes, args.negative_cross_device),
                                   grad_cache_chunk_size=getattr(args, "grad_cache_chunk_size", 0))
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(TrainLogCallback())  # train_log.jsonl: per-task losses at every logging step
@@ -114,10 +132,11 @@ class EmbedderTrainer(Trainer):
         task = inputs.get("task", "qa")
         # unscaled_loss: the loss value itself (the backward "loss" is multiplied by the world size for
         # cross-device terms so that DDP's gradient averaging gives the single-process gradient)
-        for name, key in (("loss", "unscaled_loss"), ("contrastive", "contrastive"), ("distill", "distill")):
-            value = outputs.get(key, outputs.get(name))
-            if value is not None:
-                self._task_loss_sums[task][name] += float(value.detach())
+        sums = self._task_loss_sums[task]
+        sums["loss"] += float(outputs.get("unscaled_loss", outputs["loss"]).detach())
+        for label, value in outputs.items():  # one entry per loss term of the task (contrastive, distill, ...)
+            if label not in ("loss", "unscaled_loss") and torch.is_tensor(value) and value.dim() == 0:
+                sums[label] += float(value.detach())
         self._task_steps[task] += 1
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 

@@ -1,76 +1,25 @@
-"""Loss registry: every training loss by name, each taking embeddings (never the model).
+"""Training losses: pure functions of embeddings, a registry by name, and one objective per task.
 
-``LOSSES[name]`` is a :class:`RegisteredLoss`; calling it with ``(q, k, teacher, group_size, params)``
-maps the batch's :class:`LossParams` onto the loss function's own keyword arguments and returns
-``(value, gathered)`` where ``gathered`` says the value was computed on all-gathered embeddings.
-``compute_loss`` combines the contrastive and distillation terms; see ``docs/losses.md``.
+``LOSSES[name]`` is a :class:`RegisteredLoss` (registry.py); :class:`TaskLoss` (combine.py) is one task's
+weighted sum of registered losses, built once from its resolved recipe; ``compute_loss(q, k, teacher,
+group_size, LossParams(...))`` is the same for options given directly. See ``docs/losses.md``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
-from ...errors import UserError
-from ..distributed import world_size
-from .combine import DISTILL_LOSSES, LossParams, compute_loss
+from ...loss_settings import DISTILL_LOSSES, LossTerm
+from .combine import LossParams, TaskLoss, build_task_loss, compute_loss
 from .infonce import infonce_loss
 from .kl_distill import kl_distill_loss
 from .margin_mse import margin_mse_loss
+from .registry import LOSSES, RegisteredLoss, get_loss, register_loss
 from .stable_distill import stable_distill_loss, teacher_ranking
 
+register_loss(RegisteredLoss("infonce", infonce_loss, needs_teacher=False))
+register_loss(RegisteredLoss("kl_distill", kl_distill_loss, needs_teacher=True))
+register_loss(RegisteredLoss("margin_mse", margin_mse_loss, needs_teacher=True))
+register_loss(RegisteredLoss("stable_distill", stable_distill_loss, needs_teacher=True,
+                             settings={"positive_first": "stable_distill_positive_first"}))
 
-@dataclass(frozen=True)
-class RegisteredLoss:
-    """A loss function plus how a batch's ``LossParams`` become its keyword arguments."""
-
-    name: str
-    fn: Callable[..., torch.Tensor]
-    needs_teacher: bool
-    options: Callable[[LossParams], dict]
-
-    def __call__(self, q, k, teacher, group_size: int, params: LossParams) -> tuple[torch.Tensor, bool]:
-        if self.needs_teacher and teacher is None:
-            raise ValueError(f"loss '{self.name}' needs teacher scores")
-        kwargs = self.options(params)
-        gathered = bool(kwargs.get("cross_device", False)) and world_size() > 1
-        args = (q, k, teacher, group_size) if self.needs_teacher else (q, k, group_size)
-        return self.fn(*args, **kwargs), gathered
-
-
-LOSSES: dict[str, RegisteredLoss] = {}
-
-
-def register_loss(loss: RegisteredLoss, overwrite: bool = False) -> RegisteredLoss:
-    """Add a loss to the registry (or replace one with ``overwrite``)."""
-    if loss.name in LOSSES and not overwrite:
-        raise UserError(f"loss '{loss.name}' is already registered")
-    LOSSES[loss.name] = loss
-    return loss
-
-
-def get_loss(name: str) -> RegisteredLoss:
-    """The registered loss ``name``; unknown names raise a one-line UserError listing the known ones."""
-    if name not in LOSSES:
-        raise UserError(f"unknown loss '{name}'; known: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
-
-
-register_loss(RegisteredLoss("infonce", infonce_loss, False, lambda p: dict(
-    cos_temperature=p.cos_temperature, inbatch_negatives=p.inbatch_negatives,
-    cross_device=p.negative_cross_device and p.inbatch_negatives)))
-register_loss(RegisteredLoss("kl_distill", kl_distill_loss, True, lambda p: dict(
-    cos_temperature=p.cos_temperature, teacher_temperature=p.teacher_temperature,
-    student_temperature=p.student_temperature)))
-register_loss(RegisteredLoss("margin_mse", margin_mse_loss, True, lambda p: dict(
-    cos_temperature=p.cos_temperature, teacher_temperature=p.teacher_temperature,
-    student_temperature=p.student_temperature)))
-register_loss(RegisteredLoss("stable_distill", stable_distill_loss, True, lambda p: dict(
-    cos_temperature=p.cos_temperature, teacher_temperature=p.teacher_temperature,
-    positive_first=p.stable_distill_positive_first, inbatch_negatives=p.inbatch_negatives,
-    cross_device=p.negative_cross_device and p.inbatch_negatives)))
-
-__all__ = ["DISTILL_LOSSES", "LOSSES", "LossParams", "RegisteredLoss", "compute_loss", "get_loss",
-           "infonce_loss", "kl_distill_loss", "margin_mse_loss", "register_loss", "stable_distill_loss",
-           "teacher_ranking"]
+__all__ = ["DISTILL_LOSSES", "LOSSES", "LossParams", "LossTerm", "RegisteredLoss", "TaskLoss", "build_task_loss",
+           "compute_loss", "get_loss", "infonce_loss", "kl_distill_loss", "margin_mse_loss", "register_loss",
+           "stable_distill_loss", "teacher_ranking"]
