@@ -77,7 +77,7 @@ def build(model_args, data_args, args) -> Run:
     from ..data.collator import EmbedderCollator
     from ..training.model import task_losses
     from ..training.trainer import loss_params_from_args
-    from ..training.run import apply_prefixes, load_inputs, task_instructions
+    from ..training.run import load_inputs, task_instructions
     from .checkpoint import Checkpoints
     from .data import BatchStream, BucketTokenizer
     from .losses import task_terms
@@ -111,11 +111,11 @@ def build(model_args, data_args, args) -> Run:
                           seed=args.seed)
     loaded.model.set_gradient_checkpointing(args.gradient_checkpointing)
     tasks = sorted({data_args.default_task} | set(dataset.tasks))
-    apply_prefixes(model_args, tasks)
+    instructions = task_instructions(tasks, model_args)  # the registry's, or --query_prefix/--passage_prefix
     tokenizer = BucketTokenizer(loaded.tokenizer, {"query": loaded.settings["query_max_length"],
                                                    "key": loaded.settings["key_max_length"]})
-    collator = EmbedderCollator(tokenizer, add_instruction=model_args.add_instruction, tasks=tasks,
-                                default_task=data_args.default_task)
+    collator = EmbedderCollator(tokenizer, add_instruction=bool(instructions), instructions=instructions or None,
+                                tasks=tasks, default_task=data_args.default_task)
     seed = args.data_seed if args.data_seed is not None else args.seed
     stream = BatchStream(dataset, collator, global_batch, seed, data_args.inbatch_same_dataset, data_args.dataset_weights)
     updates_per_epoch = max(len(stream) // args.gradient_accumulation_steps, 1)
@@ -129,7 +129,7 @@ def build(model_args, data_args, args) -> Run:
                 global_batch, args.gradient_accumulation_steps, updates_per_epoch)
     checkpoints = Checkpoints(Path(args.output_dir) / "checkpoints", args.save_total_limit)
     return Run(loaded, dataset, stream, TrainStep(embed, tx, mesh), embed, options_for, total, args, checkpoints,
-               (eval_file, eval_corpus), task_instructions(tasks, model_args.add_instruction))
+               (eval_file, eval_corpus), instructions)
 
 
 def _resume(run: Run, state):
