@@ -221,7 +221,7 @@ def test_round_trip_restores_settings_and_embeddings(tiny_bert_dir, tmp_path):
     again = DenseEncoder.from_pretrained(out)
     assert again.settings() == enc.settings() == {
         "pooling_method": "cls", "normalize": False, "query_max_length": 24, "key_max_length": 40,
-        "tie_encoders": True, "add_pooler": True, "projection_out_dim": 12, "append_eos": False}
+        "tie_encoders": True, "add_pooler": True, "projection_out_dim": 12}
     assert again.instructions == INSTRUCTIONS
     np.testing.assert_allclose(again.encode(TEXTS, show_progress=False), enc.encode(TEXTS, show_progress=False),
                                atol=1e-6, rtol=0)

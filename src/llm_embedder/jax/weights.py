@@ -109,14 +109,14 @@ def load_encoder(name_or_path, *, pooling_method: str | None = None, normalize: 
     """Load an alias (``minilm``) or a model folder with the torch encoder's settings resolution.
 
     Settings come from the arguments, else the folder's ``llm_embedder.json`` / sentence-transformers
-    modules, else the torch defaults (:func:`llm_embedder.modeling.encoder_settings.resolve_settings`), so both trainers embed a
+    modules, else the torch defaults (:meth:`DenseEncoder._resolve_settings`), so both trainers embed a
     folder the same way. Untied towers read ``key_encoder/`` when the folder has one, else copy the query tower.
     """
     from flax import nnx
     from transformers import AutoTokenizer
 
+    from ..modeling.encoder import KEY_ENCODER_DIR
     from ..modeling.encoder_settings import DEFAULTS, check_settings, resolve_settings
-    from ..modeling.st_format import KEY_ENCODER_DIR
     from .model import BertConfig, DualEncoder, check_pooling
 
     explicit = {"pooling_method": pooling_method, "normalize": normalize, "query_max_length": query_max_length,

@@ -109,6 +109,20 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
     }
 
 
+def sidecar_key_template(source) -> str | None:
+    """The ``key_template`` a records file's ``.meta.json`` sidecar records (mining writes one), or None."""
+    meta = meta_path(source)
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8")).get("key_template")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"{meta}: not a JSON object ({err})") from None
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{meta}: key_template: must be a string")
+    return value
+
+
 def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_info: dict, rank: int,
                     world: int) -> tuple[list[float] | None, int]:
     """Score this rank's share of the batches not yet in the partial folder; rank 0 gets every pair's score
@@ -152,6 +166,8 @@ def run(args: argparse.Namespace) -> Path | None:
     check_args(args)
     started = time.perf_counter()
     corpus_path = args.corpus or sidecar_corpus(args.eval_data)
+    if args.corpus is None and args.key_template is None:
+        args.key_template = sidecar_key_template(args.eval_data)  # a mined file's keys, rendered as when mined
     if args.key_template and corpus_path is None:
         raise UserError("--key_template: formats corpus rows, but there is no --corpus")
     corpus = load_corpus(corpus_path, args.key_template) if corpus_path else None

@@ -235,7 +235,7 @@ class DenseEncoder(nn.Module):
                 "query_max_length": self.max_lengths["query"], "key_max_length": self.max_lengths["key"],
                 "tie_encoders": self.tie_encoders, "add_pooler": self.projection is not None,
                 "projection_out_dim": self.projection.out_features if self.projection is not None else None,
-                "append_eos": self.append_eos}
+                **({"append_eos": True} if self.append_eos else {})}  # written only when on: older files stay valid
 
     def _tower(self, side: str) -> tuple[nn.Module, nn.Linear | None]:
         if _check_side(side) == "key" and self.key_model is not None:

@@ -87,15 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dist_rank() -> tuple[int, int]:
-    """Join the torchrun process group (gloo) when launched by torchrun; ``(rank, world)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
+    """Join the torchrun process group when launched by it; ``(rank, world)``. gloo: the ranks only meet at
+    barriers around the shared embedding cache, which gloo serves on CPUs and GPUs alike."""
+    from ..distributed import init_from_env
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return init_from_env(backend="gloo")
 
 
 def validate_args(args) -> None:

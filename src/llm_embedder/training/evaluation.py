@@ -27,6 +27,7 @@ class RetrievalEvaluator:
     corpus_subsample: int | None = None
     on_groups: bool = False
     seed: int = 0
+    instruction_table: dict | None = None  # {task: (query, key)} the run trains with; None: the task registry's
 
     @property
     def mode(self) -> str:
@@ -37,7 +38,10 @@ class RetrievalEvaluator:
         return "full"
 
     def instructions(self, encoder=None) -> tuple[str, str]:
-        """The eval task's instructions, chosen as eval_retrieval chooses them (retriever.eval_instructions)."""
+        """The run's own instructions for the eval task where it trains with them (``instruction_table``), else
+        the eval task's, chosen as eval_retrieval chooses them (retriever.eval_instructions)."""
+        if self.add_instruction and self.instruction_table and self.task in self.instruction_table:
+            return tuple(self.instruction_table[self.task])
         return eval_instructions(self.task, self.add_instruction, getattr(encoder, "instructions", None))
 
     def __call__(self, encoder) -> dict:

@@ -146,30 +146,21 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
     return corpus, train_dataset, eval_file, eval_corpus
 
 
-def apply_prefixes(model_args: ModelArguments, tasks) -> None:
-    """Tevatron's ``--query_prefix`` / ``--passage_prefix``: the instructions of every task, turned on."""
-    import dataclasses
-
-    from ..tasks import get_task, register_task
-
-    if not (model_args.query_prefix or model_args.passage_prefix):
-        return
-    for task in tasks:
-        recipe = get_task(task)
-        register_task(dataclasses.replace(
-            recipe, query_instruction=recipe.query_instruction if model_args.query_prefix is None else model_args.query_prefix,
-            key_instruction=recipe.key_instruction if model_args.passage_prefix is None else model_args.passage_prefix),
-            overwrite=True)
-    model_args.add_instruction = True
-
-
-def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tuple[str, str]]:
-    """{task: (query instruction, key instruction)} stored with the saved model (empty without --add_instruction)."""
+def task_instructions(tasks: list[str], model_args: ModelArguments) -> dict[str, tuple[str, str]]:
+    """{task: (query instruction, key instruction)} used in training and stored with the saved model: the
+    registry's with ``--add_instruction``, replaced by Tevatron's ``--query_prefix`` / ``--passage_prefix``
+    where given (which turn instructions on); empty otherwise. The task registry itself is not changed."""
     from ..tasks import get_task
 
-    if not add_instruction:
+    query_prefix, key_prefix = model_args.query_prefix, model_args.passage_prefix
+    if not (model_args.add_instruction or query_prefix or key_prefix):
         return {}
-    return {t: (get_task(t).query_instruction, get_task(t).key_instruction) for t in tasks}
+    table = {}
+    for t in tasks:
+        recipe = get_task(t)
+        table[t] = (recipe.query_instruction if query_prefix is None else query_prefix,
+                    recipe.key_instruction if key_prefix is None else key_prefix)
+    return table
 
 
 def resolved_recipes(train_dataset) -> dict:
@@ -203,6 +194,10 @@ def build_trainer(model_args, data_args, training_args):
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    if training_args.deepspeed:
+        from ..distributed import init_deepspeed_comm
+
+        init_deepspeed_comm()  # before from_pretrained: ZeRO-3 partitions the weights while loading them
     from ..resources import resolve_encoder
 
     encoder = DenseEncoder.from_pretrained(
@@ -216,20 +211,22 @@ def build_trainer(model_args, data_args, training_args):
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
         tasks |= {eval_file.records[0].get("task", data_args.default_task)}
-    apply_prefixes(model_args, sorted(tasks))
+    instructions = task_instructions(sorted(tasks), model_args)
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
             eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_task(eval_file.records, None, data_args.default_task),
-            add_instruction=model_args.add_instruction, hits=data_args.hits,
+            add_instruction=bool(instructions), instruction_table=instructions, hits=data_args.hits,
             batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
             on_groups=data_args.eval_on_groups, seed=training_args.seed)
     trainer = EmbedderTrainer(
         model=encoder, args=training_args, train_dataset=train_dataset,
-        data_collator=EmbedderCollator(encoder, add_instruction=model_args.add_instruction, tasks=sorted(tasks),
-                                       default_task=data_args.default_task),
+        # HF refuses --eval_strategy steps/epoch without an eval_dataset; our evaluate() reads the evaluator
+        eval_dataset=eval_file.records if eval_file is not None else None,
+        data_collator=EmbedderCollator(encoder, add_instruction=bool(instructions), instructions=instructions or None,
+                                       tasks=sorted(tasks), default_task=data_args.default_task),
         evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
-        instructions=task_instructions(sorted(tasks), model_args.add_instruction),
+        instructions=instructions,
         run_info={**run_info(model_args, data_args, training_args), "recipes": resolved_recipes(train_dataset)},
     )
     return trainer
