@@ -22,12 +22,12 @@ logger = logging.getLogger("llm_embedder.jax.train")
 
 
 def parse_args(argv=None):
-    from transformers import HfArgumentParser
-
+    from ..argparsing import dataclass_parser
     from ..training.arguments import DataArguments, ModelArguments
     from .arguments import JaxTrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, JaxTrainingArguments))
+    # the shared argument layer: peer aliases, no prefix matching, one-line errors (as run_dense.py)
+    parser = dataclass_parser((ModelArguments, DataArguments, JaxTrainingArguments), prog="llm-embedder jax-train")
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
