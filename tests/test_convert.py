@@ -286,7 +286,7 @@ def test_cli_missing_folder_and_unknown_format(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: BEIR_DIR: {tmp_path / 'nowhere'} is not a folder"
     with pytest.raises(SystemExit):
         cli_main(["convert", "msmarco"])
-    assert capsys.readouterr().err.strip() == "error: convert: unknown format 'msmarco' (known: beir, tevatron, trove)"
+    assert capsys.readouterr().err.strip() == "error: convert: unknown format 'msmarco' (known: beir, lrlm, tevatron, trove)"
 
 
 def test_cli_writes_task_qa_by_default_and_records_it(graded, tmp_path, capsys):

@@ -66,10 +66,10 @@ def test_distillation_matches_torch(name, temps):
     _check(lambda q, k, t: getattr(tl, name)(q, k, t, G, **kw), lambda q, k, t: getattr(jl, name)(q, k, t, G, **kw), *_inputs(1))
 
 
-@pytest.mark.parametrize("positive_first", [True, False])
-@pytest.mark.parametrize("ties", [False, True])
-def test_stable_distill_matches_torch(positive_first, ties):
-    kw = dict(cos_temperature=0.05, teacher_temperature=0.5, positive_first=positive_first)
+@pytest.mark.parametrize("positive_first,ties,inbatch", [(True, False, True), (False, False, True), (True, True, True),
+                                                         (False, True, False), (True, False, False)])
+def test_stable_distill_matches_torch(positive_first, ties, inbatch):
+    kw = dict(cos_temperature=0.05, teacher_temperature=0.5, positive_first=positive_first, inbatch_negatives=inbatch)
     q, k, teacher = _inputs(2, ties)
     np.testing.assert_array_equal(np.asarray(jl.teacher_ranking(jnp.asarray(teacher), positive_first)),
                                   tl.teacher_ranking(torch.tensor(teacher), positive_first).numpy())
@@ -79,6 +79,7 @@ def test_stable_distill_matches_torch(positive_first, ties):
 
 RECIPES = {
     "qa": dict(stable_distill=True),
+    "qa_own_keys": dict(stable_distill=True, inbatch_negatives=False),
     "chat": dict(contrastive_weight=0.0, teacher_temperature=0.1, inbatch_negatives=False),
     "tool": dict(distill_weight=0.0),
     "margin": dict(contrastive_weight=0.5, distill_weight=2.0, distill_loss="margin_mse"),

@@ -195,9 +195,9 @@ def main(argv=None) -> int:
             return 1
         return 0
     if new != text:
-        from .schema import _atomic_write
+        from .io import atomic_write
 
-        _atomic_write(path, lambda out: out.write(new))
+        atomic_write(path, lambda out: out.write(new))
         print(f"updated {path}")
     return 0
 

@@ -12,6 +12,7 @@ from ..errors import cli_guard
 # format -> ("module:function", one-line help)
 CONVERTERS: dict[str, tuple[str, str]] = {
     "beir": ("llm_embedder.convert.beir:main", "BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv) -> {split}.json"),
+    "lrlm": ("llm_embedder.convert.lrlm:main", "folder of .py files -> long-range LM train/valid/test.json (token-id chunks)"),
     "trove": ("llm_embedder.convert.trove:main", "Trove-style qrels config (qrel_path, query_path, corpus_path, min/max_score) -> schema"),
     "tevatron": ("llm_embedder.convert.tevatron:main", "Tevatron training/corpus JSONL <-> schema records/corpus (--to, --kind)"),
 }

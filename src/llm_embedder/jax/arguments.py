@@ -20,7 +20,8 @@ SHARED_TRAINING_FIELDS = (
     "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "gradient_accumulation_steps", "seed",
     "data_seed", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
     "contrastive_weight", "distill_weight", "stable_distill", "stable_distill_positive_first", "distill_loss",
-    "teacher_temperature", "student_temperature", "inbatch_negatives", "negative_cross_device",
+    "teacher_temperature", "student_temperature", "cos_temperature", "inbatch_negatives", "negative_cross_device",
+    "grad_cache",
 )
 
 
@@ -29,9 +30,9 @@ class JaxOptions:
     """Options only the JAX trainer has."""
 
     mesh_shape: int = field(default=-1, metadata={"help": "Devices on the 1-d `data` mesh (batch sharded, parameters replicated); -1: all."})
-    grad_cache: bool = field(default=False, metadata={"help": "Gradient caching: embed in chunks, backward chunk by chunk (same gradients)."})
-    query_num_chunks: int = field(default=1, metadata={"help": "Query chunks per batch with --grad_cache."})
+    query_num_chunks: int = field(default=1, metadata={"help": "Query chunks per batch with --grad_cache (JAX: chunks, not rows)."})
     passage_num_chunks: int = field(default=1, metadata={"help": "Key (passage) chunks per batch with --grad_cache."})
+    jax_distributed: bool = field(default=False, metadata={"help": "Call jax.distributed.initialize() first (multi-host: TPU pod slices, several GPU hosts); run the same command on every host."})
     save_final_checkpoint: bool = field(default=True, metadata={"help": "Also write an orbax checkpoint after the last step."})
 
 
@@ -51,5 +52,13 @@ def _shared_fields():
     return out
 
 
-JaxTrainingArguments = dataclasses.make_dataclass("JaxTrainingArguments", _shared_fields(), bases=(JaxOptions,))
+def _post_init(self):
+    from ..errors import UserError
+
+    if self.output_dir is None:
+        raise UserError("--output_dir: required (where the trained model and metrics.json go)")
+
+
+JaxTrainingArguments = dataclasses.make_dataclass("JaxTrainingArguments", _shared_fields(), bases=(JaxOptions,),
+                                                  namespace={"__post_init__": _post_init})
 JaxTrainingArguments.__doc__ = "run_dense.py's training and loss options that the JAX trainer implements, plus JaxOptions."

@@ -63,14 +63,19 @@ def teacher_ranking(teacher, positive_first: bool = True):
 
 
 def stable_distill_loss(q, k, teacher, group_size: int, *, cos_temperature: float = 0.01,
-                        teacher_temperature: float = 1.0, positive_first: bool = True):
-    """Sum over ranks i of the teacher-weighted CE of each query's i-th key, its earlier keys masked."""
+                        teacher_temperature: float = 1.0, positive_first: bool = True, inbatch_negatives: bool = True):
+    """Sum over ranks i of the teacher-weighted CE of each query's i-th key, its earlier keys masked
+    (candidates: all batch keys, or only the query's own G keys without in-batch negatives)."""
     teacher = jax.lax.stop_gradient(teacher)
     batch = q.shape[0]
-    scores = batch_scores(q, k, cos_temperature)
     order = teacher_ranking(teacher, positive_first)
+    if inbatch_negatives:
+        scores = batch_scores(q, k, cos_temperature)
+        columns = (jnp.arange(batch) * group_size)[:, None] + order
+    else:
+        scores = group_scores(q, k, group_size, cos_temperature)
+        columns = order
     weights = jnp.take_along_axis(jax.nn.softmax(teacher.astype(scores.dtype) / teacher_temperature, axis=-1), order, axis=1)
-    columns = (jnp.arange(batch) * group_size)[:, None] + order
     rows = jnp.arange(batch)
     masked = jnp.zeros(scores.shape, dtype=bool)
     loss = jnp.zeros((), scores.dtype)
@@ -87,7 +92,7 @@ def _term(name: str, q, k, teacher, group_size: int, p):
     if name == "stable_distill":
         return stable_distill_loss(q, k, teacher, group_size, cos_temperature=p.cos_temperature,
                                    teacher_temperature=p.teacher_temperature,
-                                   positive_first=p.stable_distill_positive_first)
+                                   positive_first=p.stable_distill_positive_first, inbatch_negatives=p.inbatch_negatives)
     fn = kl_distill_loss if name == "kl_distill" else margin_mse_loss
     return fn(q, k, teacher, group_size, cos_temperature=p.cos_temperature,
               teacher_temperature=p.teacher_temperature, student_temperature=p.student_temperature)

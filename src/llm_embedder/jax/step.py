@@ -176,6 +176,7 @@ class TrainStep:
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
         self._compiled: dict[StepOptions, Callable] = {}
+        self._grads: dict[StepOptions, Callable] = {}
 
     def shard_batch(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {name: jax.device_put(value, self.sharded) for name, value in arrays.items()}
@@ -185,7 +186,10 @@ class TrainStep:
 
     def grads_fn(self, options: StepOptions) -> Callable:
         """The (jit-compiled) ``(params, batch, step_key) -> (grads, metrics)`` alone, for tests and benchmarks."""
-        return jax.jit(loss_and_grads(self.embed, options), out_shardings=(self.replicated, self.replicated))
+        if options not in self._grads:
+            self._grads[options] = jax.jit(loss_and_grads(self.embed, options),
+                                           out_shardings=(self.replicated, self.replicated))
+        return self._grads[options]
 
     def __call__(self, state, arrays: dict[str, np.ndarray], options: StepOptions, step_key):
         if options not in self._compiled:

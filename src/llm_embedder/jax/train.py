@@ -22,12 +22,12 @@ logger = logging.getLogger("llm_embedder.jax.train")
 
 
 def parse_args(argv=None):
+    """The three dataclasses, parsed by the project's argument layer (peer aliases, one-line errors)."""
     from ..argparsing import dataclass_parser
     from ..training.arguments import DataArguments, ModelArguments
     from .arguments import JaxTrainingArguments
 
-    # the shared argument layer: peer aliases, no prefix matching, one-line errors (as run_dense.py)
-    parser = dataclass_parser((ModelArguments, DataArguments, JaxTrainingArguments), prog="llm-embedder jax-train")
+    parser = dataclass_parser((ModelArguments, DataArguments, JaxTrainingArguments), prog="python -m llm_embedder.jax.train")
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 def check_args(model_args, args) -> None:
     """Option values the JAX trainer cannot honour: one line each, before anything is loaded."""
-    if model_args.lora_rank:
+    if model_args.lora_rank or getattr(model_args, "lora", False):
         raise UserError("--lora_rank: LoRA is not implemented in the JAX trainer (use run_dense.py)")
     if model_args.add_pooler or model_args.projection_out_dim:
         raise UserError("--add_pooler: the JAX trainer has no projection layer")
@@ -78,12 +78,14 @@ def build(model_args, data_args, args) -> Run:
     from .weights import load_encoder
 
     check_args(model_args, args)
+    if args.jax_distributed:  # every host runs this command; each builds the same global batch (seeded plan)
+        jax.distributed.initialize()
     if not data_args.train_data:
         raise UserError("--train_data: the JAX trainer needs training files")
     default = LossParams(contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
                          stable_distill=args.stable_distill, stable_distill_positive_first=args.stable_distill_positive_first,
                          teacher_temperature=args.teacher_temperature, student_temperature=args.student_temperature,
-                         cos_temperature=model_args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
+                         cos_temperature=args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
                          negative_cross_device=args.negative_cross_device, distill_loss=args.distill_loss)
     mesh = make_mesh(args.mesh_shape)
     global_batch = args.per_device_train_batch_size * mesh.size
@@ -108,10 +110,11 @@ def build(model_args, data_args, args) -> Run:
                           seed=args.seed)
     loaded.model.set_gradient_checkpointing(args.gradient_checkpointing)
     tasks = sorted({data_args.default_task} | set(dataset.tasks))
+    instructions = task_instructions(tasks, model_args)  # the registry's, or --query_prefix/--passage_prefix
     tokenizer = BucketTokenizer(loaded.tokenizer, {"query": loaded.settings["query_max_length"],
                                                    "key": loaded.settings["key_max_length"]})
-    collator = EmbedderCollator(tokenizer, add_instruction=model_args.add_instruction, tasks=tasks,
-                                default_task=data_args.default_task)
+    collator = EmbedderCollator(tokenizer, add_instruction=bool(instructions), instructions=instructions or None,
+                                tasks=tasks, default_task=data_args.default_task)
     seed = args.data_seed if args.data_seed is not None else args.seed
     stream = BatchStream(dataset, collator, global_batch, seed, data_args.inbatch_same_dataset, data_args.dataset_weights)
     updates_per_epoch = max(len(stream) // args.gradient_accumulation_steps, 1)
@@ -125,7 +128,7 @@ def build(model_args, data_args, args) -> Run:
                 global_batch, args.gradient_accumulation_steps, updates_per_epoch)
     checkpoints = Checkpoints(Path(args.output_dir) / "checkpoints", args.save_total_limit)
     return Run(loaded, dataset, stream, TrainStep(embed, tx, mesh), embed, options_for, total, args, checkpoints,
-               (eval_file, eval_corpus), task_instructions(tasks, model_args.add_instruction))
+               (eval_file, eval_corpus), instructions)
 
 
 def _resume(run: Run, state):
@@ -212,6 +215,10 @@ def main(argv=None) -> dict:
         raise UserError(f"--output_dir: {out} is not empty (pass --overwrite_output_dir or --resume_from_checkpoint)")
     run = build(model_args, data_args, args)
     state, stats = train_loop(run)
+    import jax
+
+    if jax.process_index() != 0:  # one host writes the model folder and metrics
+        return {}
     export_model(run.loaded, run.embed.graphdef, state["params"], out, run.instructions)
     metrics = {"train_" + k if not k.startswith("train_") else k: v for k, v in stats.items()}
     eval_file, eval_corpus = run.eval_inputs

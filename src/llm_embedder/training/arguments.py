@@ -139,9 +139,14 @@ class RetrievalTrainingArguments(TrainingArguments):
     inbatch_negatives: bool = arg(True, "Other queries' keys are negatives (contrastive and stable distillation).")
     negative_cross_device: bool = arg(True, "Gather keys from all processes as negatives (no effect in one process).",
                                       tevatron=["--negatives_x_device"], flagembedding=["--negatives_cross_device"])
-    grad_cache: bool = arg(False, f"GradCache on; chunk sizes from --grad_cache_chunk_size, else Tevatron's {TEVATRON_GC_CHUNKS[1]}.")
-    grad_cache_chunk_size: int = arg(0, "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off.",
-                                     tevatron=["--gc_p_chunk_size", "--gc_q_chunk_size"])
+    grad_cache: bool = arg(False, "GradCache on; chunk sizes from --grad_cache_*chunk_size, else Tevatron's "
+                                   f"{TEVATRON_GC_CHUNKS[0]} (queries) / {TEVATRON_GC_CHUNKS[1]} (keys).")
+    grad_cache_chunk_size: int = arg(0, "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; "
+                                        "works with DDP, DeepSpeed ZeRO-1/2 and --negative_cross_device). 0 = off.")
+    grad_cache_query_chunk_size: int = arg(0, "GradCache chunk size for queries; 0 = --grad_cache_chunk_size.",
+                                           tevatron=["--gc_q_chunk_size"])
+    grad_cache_key_chunk_size: int = arg(0, "GradCache chunk size for keys; 0 = --grad_cache_chunk_size.",
+                                         tevatron=["--gc_p_chunk_size"])
     remove_unused_columns: bool = arg(False, "Kept False: batches are built by our collator.")
     report_to: Optional[list[str]] = arg(help="Integrations to report to.", default_factory=lambda: ["none"])
     logging_steps: float = arg(100, "Log every N steps.")
@@ -161,15 +166,18 @@ class RetrievalTrainingArguments(TrainingArguments):
             # under torchrun without GPUs, accelerate wraps the model in DDP (gloo) only when told it runs on
             # CPU; otherwise every process would update its own copy with its own half of each batch
             self.use_cpu = True
-        if self.grad_cache and not self.grad_cache_chunk_size:
-            self.grad_cache_chunk_size = TEVATRON_GC_CHUNKS[1]
+        if self.grad_cache and not (self.grad_cache_chunk_size or self.grad_cache_query_chunk_size
+                                    or self.grad_cache_key_chunk_size):
+            self.grad_cache_query_chunk_size, self.grad_cache_key_chunk_size = TEVATRON_GC_CHUNKS
         super().__post_init__()
-        if self.grad_cache_chunk_size < 0:
-            raise UserError(f"--grad_cache_chunk_size: must be 0 (off) or a positive row count, got {self.grad_cache_chunk_size}")
-        if self.grad_cache_chunk_size and self.world_size > 1:
-            raise UserError("--grad_cache_chunk_size: GradCache runs in one process only (DDP would sync every chunk); "
-                            "use --negative_cross_device for large batches over several processes")
-
+        for name in ("grad_cache_chunk_size", "grad_cache_query_chunk_size", "grad_cache_key_chunk_size"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name}: must be 0 (off / use --grad_cache_chunk_size) or a positive row count, "
+                                f"got {getattr(self, name)}")
+        grad_cache = self.grad_cache_chunk_size or self.grad_cache_query_chunk_size or self.grad_cache_key_chunk_size
+        if grad_cache and self.deepspeed and self.hf_deepspeed_config.is_zero3():
+            raise UserError("--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3 "
+                            "(its parameter shards are gathered per forward); use a stage 1/2 config")
 
 def _cuda_available() -> bool:
     import torch

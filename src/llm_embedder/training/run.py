@@ -176,18 +176,12 @@ def _public(values: dict) -> dict:
 
 def run_info(model_args, data_args, training_args) -> dict:
     """Arguments and library versions recorded next to every output."""
-    import platform
-
-    import torch
-    import transformers
-
-    from .. import __version__
+    from ..runinfo import versions
 
     return {
         "args": {"model": _public(vars(model_args)), "data": _public(vars(data_args)), "training": training_args.to_dict()},
         "explicit_args": sorted(getattr(training_args, "explicit_args", ()) or ()),
-        "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
     }
 
 
@@ -195,10 +189,15 @@ def build_trainer(model_args, data_args, training_args):
     """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
     from ..data.collator import EmbedderCollator
     from ..modeling.encoder import DenseEncoder
+    from ..retrieval.retriever import eval_task
     from .evaluation import RetrievalEvaluator
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    if training_args.deepspeed:
+        from ..distributed import init_deepspeed_comm
+
+        init_deepspeed_comm()  # before from_pretrained: ZeRO-3 partitions the weights while loading them
     from ..resources import resolve_encoder
 
     encoder = DenseEncoder.from_pretrained(
@@ -216,7 +215,7 @@ def build_trainer(model_args, data_args, training_args):
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
-            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_file.records[0].get("task", data_args.default_task),
+            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_task(eval_file.records, None, data_args.default_task),
             add_instruction=bool(instructions), instruction_table=instructions, hits=data_args.hits,
             batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
             on_groups=data_args.eval_on_groups, seed=training_args.seed)
@@ -244,7 +243,7 @@ def main(argv=None) -> dict:
                         if training_args.process_index == 0 else logging.WARNING)
     train, evaluate = phases(data_args, training_args)
     trainer = build_trainer(model_args, data_args, training_args)
-    from ..schema import write_json
+    from ..io import write_json
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)

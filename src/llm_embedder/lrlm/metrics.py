@@ -1,0 +1,102 @@
+"""Perplexity summaries, bootstrap intervals and the teacher-reliability measures of the lrlm study.
+
+All values are per target: NLL = minus the mean log-probability per target token (every target has the same
+number of tokens, so the mean over targets is the mean per token); perplexity = exp(mean NLL).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+BOOTSTRAP = 2000
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0, n: int = BOOTSTRAP) -> tuple[float, float]:
+    """95% percentile interval of the mean (targets resampled with replacement)."""
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarise(nll: Sequence[float], seed: int = 0) -> dict:
+    m = float(np.mean(nll))
+    lo, hi = bootstrap_ci(nll, seed)
+    return {"targets": len(nll), "mean_nll": m, "ppl": math.exp(m), "nll_ci95": [lo, hi], "ppl_ci95": [math.exp(lo), math.exp(hi)]}
+
+
+def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict:
+    """NLL(b) - NLL(a) per target (positive: a is better), with its mean and paired 95% bootstrap interval."""
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    lo, hi = bootstrap_ci(d, seed)
+    return {"mean_gain_nats": float(d.mean()), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
+            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "targets": int(len(d))}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return 0.0
+    return float(spearmanr(x, y).statistic)
+
+
+def halves(n_tokens: int) -> tuple[slice, slice]:
+    h = n_tokens // 2
+    return slice(0, h), slice(h, n_tokens)
+
+
+def nll_of(logprobs: Sequence[float], part: slice = slice(None)) -> float:
+    return -float(np.mean(logprobs[part]))
+
+
+def reliability(records: Sequence[dict], baselines: dict[str, list[list[int]]], seed: int = 0) -> dict:
+    """Split-half reliability of the teacher's candidate preference on scored records.
+
+    Each target's tokens are cut into halves. Per target: Spearman between the candidates' first-half and
+    second-half scores; the cross-fitted oracle picks the best candidate on the FIRST half and is scored on
+    the SECOND; every other row (baselines given as rankings, the privileged key, the in-sample oracle) is
+    scored on the second half too, so all rows are comparable. Returns rows, the Spearman mean and the
+    privileged key's top-1 rate and mean rank (full-target scores).
+    """
+    rows: dict[str, list[float]] = {"none": []}
+    rows.update({name: [] for name in baselines})
+    rows.update({"cross_fitted_oracle": [], "in_sample_oracle": []})
+    has_priv = all(r.get("privileged_key") is not None for r in records)
+    if has_priv:
+        rows["privileged"] = []
+    rhos, priv_top1, priv_rank = [], [], []
+    for i, r in enumerate(records):
+        keys = r["key_token_logprobs"]
+        first, second = halves(len(r["answer_ids"]))
+        s1 = [-nll_of(lp, first) for lp in keys]
+        s2 = [-nll_of(lp, second) for lp in keys]
+        rhos.append(spearman(s1, s2))
+        rows["none"].append(nll_of(r["none_token_logprobs"], second))
+        for name, ranking in baselines.items():
+            rows[name].append(-s2[ranking[i][0]])
+        rows["cross_fitted_oracle"].append(-s2[int(np.argmax(s1))])
+        rows["in_sample_oracle"].append(-max(s2))
+        if has_priv:
+            p = r["privileged_key"]
+            rows["privileged"].append(-s2[p])
+            full = r["teacher_scores"]
+            order = sorted(range(len(full)), key=lambda j: (-full[j], j))
+            priv_rank.append(order.index(p) + 1)
+            priv_top1.append(order[0] == p)
+    out = {"targets": len(records), "spearman_split_half": float(np.mean(rhos)),
+           "rows_second_half": {name: summarise(v, seed) for name, v in rows.items()}}
+    best = min(baselines, key=lambda n: np.mean(rows[n])) if baselines else "none"
+    out["best_baseline"] = best
+    out["cross_fitted_vs_best"] = paired(rows["cross_fitted_oracle"], rows[best], seed)
+    if has_priv:
+        n_keys = float(np.mean([len(r["key_ids"]) for r in records]))
+        out["privileged_top1_rate"] = float(np.mean(priv_top1))
+        out["privileged_mean_rank"] = float(np.mean(priv_rank))
+        out["chance_top1"] = 1.0 / n_keys
+        out["privileged_vs_best"] = paired(rows["privileged"], rows[best], seed)
+    out["per_target"] = {name: v for name, v in rows.items()}
+    return out

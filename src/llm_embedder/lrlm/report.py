@@ -1,0 +1,140 @@
+"""``python -m llm_embedder.lrlm.report OUT``: the study table and figure from eval_lm's per-target files.
+
+Reads ``OUT/eval-valid`` and ``OUT/eval-test`` (written by ``scripts/lrlm-study.sh``): rows labelled
+``dense:<recipe>-s<seed>`` are trained encoders. The recipe is chosen on the VALID files (lowest mean NLL
+over seeds); the test table reports every row (trained rows as mean ± std over seeds), the paired 95%
+interval of the chosen recipe (per-target NLL averaged over its seeds) against the best baseline, and the
+share of the gap between that baseline and the definition's chunk it recovers. Writes ``OUT/study.json``,
+``OUT/study.md`` and a PNG (perplexity per row with 95% intervals).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..schema import write_json
+from . import metrics
+
+BASELINES = ("none", "random", "bm25", "dense:minilm")
+TRAINED = re.compile(r"^dense:(?P<recipe>.+)-s(?P<seed>\d+)$")
+
+
+def _rows(folder: Path, k: int) -> dict[str, list[float]]:
+    out = {}
+    for path in sorted(folder.glob(f"*.k{k}.jsonl")):
+        if path.name.endswith(".partial.jsonl"):
+            continue
+        label = path.name[:-len(f".k{k}.jsonl")]
+        label = label.replace("dense_", "dense:", 1) if label.startswith("dense_") else label
+        out[label] = [json.loads(line)["nll"] for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def _by_recipe(rows: dict[str, list[float]]) -> dict[str, dict[int, list[float]]]:
+    recipes: dict[str, dict[int, list[float]]] = {}
+    for label, v in rows.items():
+        m = TRAINED.match(label)
+        if m:
+            recipes.setdefault(m["recipe"], {})[int(m["seed"])] = v
+    return recipes
+
+
+def study(out: Path, k: int = 1) -> dict:
+    valid, test = _rows(out / "eval-valid", k), _rows(out / "eval-test", k)
+    valid_recipes, test_recipes = _by_recipe(valid), _by_recipe(test)
+    if not test_recipes:
+        raise SystemExit(f"{out}/eval-test has no trained rows (dense:<recipe>-s<seed>)")
+    chosen = min(valid_recipes, key=lambda r: np.mean([np.mean(v) for v in valid_recipes[r].values()]))
+    table = {}
+    for label in [b for b in BASELINES if b in test] + ["privileged", "oracle"]:
+        if label in test:
+            table[label] = metrics.summarise(test[label])
+    for recipe, seeds in sorted(test_recipes.items()):
+        per_seed = [float(np.mean(v)) for v in seeds.values()]
+        table[f"trained:{recipe}"] = {"seeds": len(per_seed), "mean_nll": float(np.mean(per_seed)),
+                                      "std_nll": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                                      "ppl": math.exp(float(np.mean(per_seed))),
+                                      "valid_mean_nll": float(np.mean([np.mean(v) for v in valid_recipes.get(recipe, {}).values()]))
+                                      if recipe in valid_recipes else None}
+    baselines = {b: test[b] for b in BASELINES if b in test and b != "none"}
+    contrastive = test_recipes.get("contrastive")
+    if contrastive and chosen != "contrastive":
+        baselines["trained:contrastive"] = list(np.mean(list(contrastive.values()), axis=0))
+    best = min(baselines, key=lambda b: np.mean(baselines[b]))
+    chosen_nll = list(np.mean(list(test_recipes[chosen].values()), axis=0))
+    result = {"k": k, "chosen_recipe_on_valid": chosen, "rows": table, "best_baseline": best,
+              "chosen_vs_best_baseline": metrics.paired(chosen_nll, baselines[best]),
+              "chosen_per_seed_vs_best_baseline": {s: metrics.paired(v, baselines[best]) for s, v in test_recipes[chosen].items()},
+              "valid_mean_nll": {r: float(np.mean([np.mean(v) for v in s.values()])) for r, s in valid_recipes.items()}}
+    if "privileged" in test:
+        gap = np.mean(baselines[best]) - np.mean(test["privileged"])
+        result["share_of_gap_to_definition_recovered"] = float((np.mean(baselines[best]) - np.mean(chosen_nll)) / gap) if gap else None
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = ["| row | test perplexity | mean NLL (nats/token) | 95% CI / seed std |", "|---|---|---|---|"]
+    for label, s in result["rows"].items():
+        spread = f"[{s['ppl_ci95'][0]:.3f}, {s['ppl_ci95'][1]:.3f}]" if "ppl_ci95" in s else \
+            (f"± {s['std_nll']:.4f} nats ({s['seeds']} seeds)" if s["seeds"] > 1 else "1 seed (no spread)")
+        lines.append(f"| {label} | {s['ppl']:.3f} | {s['mean_nll']:.4f} | {spread} |")
+    c = result["chosen_vs_best_baseline"]
+    lines.append("")
+    lines.append(f"Chosen on valid: `{result['chosen_recipe_on_valid']}`; vs best baseline `{result['best_baseline']}`: "
+                 f"{c['mean_gain_nats']:+.4f} nats/token, paired 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
+                 f"({c['wins']} wins / {c['losses']} losses of {c['targets']}).")
+    if result.get("share_of_gap_to_definition_recovered") is not None:
+        lines.append(f"Share of the gap between `{result['best_baseline']}` and the definition's chunk recovered: "
+                     f"{result['share_of_gap_to_definition_recovered']:.2f}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(result["rows"])
+    ppl = [result["rows"][n]["ppl"] for n in labels]
+    lo, hi = [], []
+    for n in labels:
+        s = result["rows"][n]
+        if "ppl_ci95" in s:
+            lo.append(s["ppl"] - s["ppl_ci95"][0]); hi.append(s["ppl_ci95"][1] - s["ppl"])
+        else:
+            lo.append(s["ppl"] - math.exp(s["mean_nll"] - s["std_nll"])); hi.append(math.exp(s["mean_nll"] + s["std_nll"]) - s["ppl"])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    y = np.arange(len(labels))[::-1]
+    ax.errorbar(ppl, y, xerr=[lo, hi], fmt="o", capsize=3)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("SmolLM2 perplexity on held-out targets (lower is better); bars: 95% bootstrap CI, trained rows: ± seed std")
+    ax.xaxis.label.set_size(7)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m llm_embedder.lrlm.report")
+    p.add_argument("out", help="the study folder (OUT of scripts/lrlm-study.sh)")
+    p.add_argument("--k", type=int, default=1)
+    p.add_argument("--png", default=None)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    result = study(out, args.k)
+    write_json(out / "study.json", result)
+    (out / "study.md").write_text(markdown(result))
+    plot(result, Path(args.png) if args.png else out / "study.png")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
