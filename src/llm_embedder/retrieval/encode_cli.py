@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None, build_encoder=None) -> int:
     encoder = (build_encoder or DenseEncoder.from_pretrained)(
         model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
         query_max_length=args.query_max_length, key_max_length=args.key_max_length)
-    from .eval_cli import _chosen_instructions
+    from .retriever import eval_instructions
 
-    query_instruction, key_instruction = _chosen_instructions(encoder, args.task, args.add_instruction)
+    query_instruction, key_instruction = eval_instructions(args.task, args.add_instruction,
+                                                           getattr(encoder, "instructions", None))
     instruction = key_instruction if args.side == "key" else query_instruction
     chunk_size = args.chunk_size
     lo, hi = shard_rows(len(texts), chunk_size, num_shards, shard_index)
