@@ -2,6 +2,8 @@
 test_cmnrl.py), with dropout masks reproduced by the recorded RNG states."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -220,5 +222,7 @@ def test_grad_cache_refuses_zero3_in_one_line(tmp_path, repo_root):
     with pytest.raises(UserError, match="--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3"):
         RetrievalTrainingArguments(output_dir=str(tmp_path), grad_cache_key_chunk_size=2, use_cpu=True,
                                    deepspeed=str(repo_root / "data" / "deepspeed" / "stage3.json"))
+    # refused before TrainingArguments set up DeepSpeed: later Trainers in this process must not start it
+    assert os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"
     with pytest.raises(UserError, match="--grad_cache_query_chunk_size: must be 0"):
         RetrievalTrainingArguments(output_dir=str(tmp_path), grad_cache_query_chunk_size=-1, use_cpu=True)

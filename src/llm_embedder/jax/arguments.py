@@ -20,8 +20,7 @@ SHARED_TRAINING_FIELDS = (
     "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "gradient_accumulation_steps", "seed",
     "data_seed", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
     "contrastive_weight", "distill_weight", "stable_distill", "stable_distill_positive_first", "distill_loss",
-    "teacher_temperature", "student_temperature", "cos_temperature", "inbatch_negatives", "negative_cross_device",
-    "grad_cache",
+    "cos_temperature", "teacher_temperature", "student_temperature", "inbatch_negatives", "negative_cross_device", "grad_cache",
 )
 
 

@@ -169,15 +169,32 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.grad_cache and not (self.grad_cache_chunk_size or self.grad_cache_query_chunk_size
                                     or self.grad_cache_key_chunk_size):
             self.grad_cache_query_chunk_size, self.grad_cache_key_chunk_size = TEVATRON_GC_CHUNKS
-        super().__post_init__()
+        # argument checks before TrainingArguments' own set-up, which configures accelerate / DeepSpeed
+        # process-wide (environment variables, a global DeepSpeed config) that a refused run must not leave behind
         for name in ("grad_cache_chunk_size", "grad_cache_query_chunk_size", "grad_cache_key_chunk_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name}: must be 0 (off / use --grad_cache_chunk_size) or a positive row count, "
                                 f"got {getattr(self, name)}")
         grad_cache = self.grad_cache_chunk_size or self.grad_cache_query_chunk_size or self.grad_cache_key_chunk_size
-        if grad_cache and self.deepspeed and self.hf_deepspeed_config.is_zero3():
+        if grad_cache and self.deepspeed and _zero_stage(self.deepspeed) == 3:
             raise UserError("--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3 "
                             "(its parameter shards are gathered per forward); use a stage 1/2 config")
+        super().__post_init__()
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a ``--deepspeed`` config (a JSON file or a dict), read without initialising DeepSpeed."""
+    import json
+
+    config = deepspeed
+    if not isinstance(config, dict):
+        try:
+            config = json.loads(open(config, encoding="utf-8").read())
+        except (OSError, ValueError) as err:
+            raise UserError(f"--deepspeed: cannot read {deepspeed}: {err}") from None
+    stage = config.get("zero_optimization", {}).get("stage")
+    return int(stage) if isinstance(stage, (int, str)) and str(stage).isdigit() else None
+
 
 def _cuda_available() -> bool:
     import torch
