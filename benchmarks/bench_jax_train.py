@@ -87,7 +87,9 @@ def run_jax(args, loaded, data) -> list[float]:
     tx = make_optimizer(embed.params, 2e-5, 100, 0)
     step = TrainStep(embed, tx, make_mesh(1))
     state = step.replicate((embed.params, tx.init(embed.params)))
-    options = StepOptions(args.group_size, False, tuple(sorted(vars(loss_params(args)).items())))
+    from llm_embedder.jax.losses import task_terms
+
+    options = StepOptions(args.group_size, False, task_terms(loss_params(args)))
     times = []
     for i, batch in enumerate(data):
         start = time.perf_counter(), time.process_time()

@@ -21,7 +21,12 @@ def _parsers():
     from llm_embedder.retrieval.search_cli import build_parser as search
     from llm_embedder.validate import build_parser as validate
 
-    return {"run_dense": build_parser(), "eval_retrieval": eval_retrieval(), "lm_score": lm_score(),
+    from llm_embedder.convert.lrlm import build_parser as convert_lrlm
+    from llm_embedder.convert.tevatron import build_parser as convert_tevatron
+    from llm_embedder.lrlm.eval_cli import build_parser as eval_lm
+
+    return {"convert_lrlm": convert_lrlm(), "convert_tevatron": convert_tevatron(), "eval_lm": eval_lm(),
+            "run_dense": build_parser(), "eval_retrieval": eval_retrieval(), "lm_score": lm_score(),
             "encode": encode(), "search": search(), "validate": validate(), "convert_beir": convert_beir()}
 
 
@@ -129,7 +134,8 @@ def _long_options(parser):
     return sorted({o for o in parser._option_string_actions if o.startswith("--") and o != "--help"})
 
 
-@pytest.mark.parametrize("name", ["run_dense", "eval_retrieval", "lm_score", "encode", "search", "validate", "convert_beir"])
+@pytest.mark.parametrize("name", ["run_dense", "eval_retrieval", "lm_score", "encode", "search", "validate", "convert_beir",
+                                  "convert_lrlm", "convert_tevatron", "eval_lm"])
 def test_no_option_parses_by_prefix(name, capsys):
     parser = _parsers()[name]
     options = _long_options(parser)

@@ -2,8 +2,8 @@
 
 ``ModelArguments`` and ``DataArguments`` are the torch trainer's own dataclasses. The training options
 are the subset of ``RetrievalTrainingArguments`` (Hugging Face ``TrainingArguments`` + the loss options)
-that the JAX trainer implements, copied from that dataclass by name so names, defaults and help stay
-one definition, plus the JAX-only options (mesh, gradient caching).
+that the JAX trainer implements (every loss setting of ``LOSS_SETTINGS`` among them), copied from that
+dataclass by name so names, defaults, help and peer aliases stay one definition, plus the JAX-only options.
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ SHARED_TRAINING_FIELDS = (
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "gradient_accumulation_steps", "seed",
     "data_seed", "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
-    "contrastive_weight", "distill_weight", "stable_distill", "stable_distill_positive_first", "distill_loss",
-    "cos_temperature", "teacher_temperature", "student_temperature", "inbatch_negatives", "negative_cross_device", "grad_cache",
+    "negative_cross_device", "grad_cache",
 )
 
 
@@ -36,10 +35,12 @@ class JaxOptions:
 
 
 def _shared_fields():
+    from ..loss_settings import LOSS_SETTINGS
+
     hints = typing.get_type_hints(RetrievalTrainingArguments)
     by_name = {f.name: f for f in dataclasses.fields(RetrievalTrainingArguments)}
     out = []
-    for name in SHARED_TRAINING_FIELDS:
+    for name in SHARED_TRAINING_FIELDS + tuple(n for n in LOSS_SETTINGS if n in by_name):
         f = by_name[name]
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = hints[name]

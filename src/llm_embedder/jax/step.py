@@ -49,17 +49,12 @@ class StepOptions:
 
     group_size: int
     has_teacher: bool
-    loss_params: tuple  # sorted LossParams items
+    terms: tuple  # the task's JaxTerms (llm_embedder.jax.losses.task_terms)
     per_device_groups: int = 1
     grad_cache: bool = False
     query_num_chunks: int = 1
     passage_num_chunks: int = 1
     dropout: bool = True
-
-    def params(self):
-        from ..modeling.losses import LossParams
-
-        return LossParams(**dict(self.loss_params))
 
 
 def check_batch_layout(batch_size: int, group_size: int, mesh: Mesh, options: StepOptions) -> None:
@@ -91,7 +86,7 @@ class Embedder:
 
 
 def _loss(options: StepOptions, q, k, teacher):
-    out = compute_loss(q, k, teacher if options.has_teacher else None, options.group_size, options.params(),
+    out = compute_loss(q, k, teacher if options.has_teacher else None, options.group_size, options.terms,
                        per_device_groups=options.per_device_groups)
     return out["loss"], out
 

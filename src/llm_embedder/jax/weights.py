@@ -132,7 +132,6 @@ def load_encoder(name_or_path, *, pooling_method: str | None = None, normalize: 
         raise UserError("--add_pooler: the JAX trainer has no projection layer; train without it")
     if saved.get("append_eos"):
         raise UserError(f"{path}: saved with --append_eos_token (EOS last-token pooling), which the JAX BERT encoder does not do")
-    settings["append_eos"] = False  # as the torch encoder records it
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserError(f"{path}: no config.json")
