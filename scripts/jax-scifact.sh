@@ -22,6 +22,7 @@ start=$(date +%s)
   --num_train_epochs "${EPOCHS:-1}" --learning_rate "${LR:-2e-5}" --warmup_ratio 0.1 \
   --cos_temperature "${TEMPERATURE:-0.05}" \
   --query_max_length 64 --key_max_length 256 \
+  --add_instruction false --weight_decay 0 --negative_cross_device false \
   --gradient_checkpointing --logging_steps 5 --save_steps 5 --seed 42 "${resume[@]}"
 trained=$(date +%s)
 "$PY" -m evaluation.eval_retrieval --eval_data llm-embedder:scifact/test.json \

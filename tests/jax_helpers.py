@@ -22,9 +22,11 @@ def loaded_and_batch(model_dir, batch_size: int = 4, group_size: int = 3, seed: 
 
 
 def loss_options(**loss):
+    """The JAX loss terms of ``LossParams(cos_temperature=0.05, **loss)``."""
+    from llm_embedder.jax.losses import task_terms
     from llm_embedder.modeling.losses import LossParams
 
-    return tuple(sorted(vars(LossParams(**{"cos_temperature": 0.05, **loss})).items()))
+    return task_terms(LossParams(**{"cos_temperature": 0.05, **loss}))
 
 
 def max_abs_diff(a, b) -> tuple[float, float]:

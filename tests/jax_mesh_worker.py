@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from jax_helpers import loaded_and_batch, loss_options, max_abs_diff  # noqa: E402
+from jax_helpers import enable_compilation_cache, loaded_and_batch, loss_options, max_abs_diff  # noqa: E402
 
 from llm_embedder.jax.step import Embedder, StepOptions, TrainStep, make_mesh  # noqa: E402
 
 
 def main(model_dir: str) -> None:
     assert len(jax.devices()) == 2, jax.devices()
+    enable_compilation_cache()
     loaded, batch = loaded_and_batch(model_dir, batch_size=4, group_size=3)
     embed = Embedder(loaded.model)
     one, two = TrainStep(embed, None, make_mesh(1)), TrainStep(embed, None, make_mesh(2))

@@ -21,7 +21,12 @@ def _parsers():
     from llm_embedder.retrieval.search_cli import build_parser as search
     from llm_embedder.validate import build_parser as validate
 
-    return {"run_dense": build_parser(), "eval_retrieval": eval_retrieval(), "lm_score": lm_score(),
+    from llm_embedder.convert.lrlm import build_parser as convert_lrlm
+    from llm_embedder.convert.tevatron import build_parser as convert_tevatron
+    from llm_embedder.lrlm.eval_cli import build_parser as eval_lm
+
+    return {"convert_lrlm": convert_lrlm(), "convert_tevatron": convert_tevatron(), "eval_lm": eval_lm(),
+            "run_dense": build_parser(), "eval_retrieval": eval_retrieval(), "lm_score": lm_score(),
             "encode": encode(), "search": search(), "validate": validate(), "convert_beir": convert_beir()}
 
 
@@ -44,9 +49,9 @@ TRAIN_PEER_FLAGS = {
     "--lora_target_modules": ("q_proj,k_proj,v_proj", "lora_target_modules", ["q_proj", "k_proj", "v_proj"]),
     "--query_prefix": ("Query: ", "query_prefix", "Query: "),
     "--passage_prefix": ("Passage: ", "passage_prefix", "Passage: "),
-    "--grad_cache": (None, "grad_cache_chunk_size", 32),
-    "--gc_p_chunk_size": ("16", "grad_cache_chunk_size", 16),
-    "--gc_q_chunk_size": ("4", "grad_cache_chunk_size", 4),
+    "--grad_cache": (None, "grad_cache_key_chunk_size", 32),
+    "--gc_p_chunk_size": ("16", "grad_cache_key_chunk_size", 16),
+    "--gc_q_chunk_size": ("4", "grad_cache_query_chunk_size", 4),
     "--dataset_name": ("json", "dataset_name", "json"),
     "--dataset_split": ("train", "dataset_split", "train"),
     "--dataset_path": ("x.json", "train_data", ["x.json"]),
@@ -129,7 +134,8 @@ def _long_options(parser):
     return sorted({o for o in parser._option_string_actions if o.startswith("--") and o != "--help"})
 
 
-@pytest.mark.parametrize("name", ["run_dense", "eval_retrieval", "lm_score", "encode", "search", "validate", "convert_beir"])
+@pytest.mark.parametrize("name", ["run_dense", "eval_retrieval", "lm_score", "encode", "search", "validate", "convert_beir",
+                                  "convert_lrlm", "convert_tevatron", "eval_lm"])
 def test_no_option_parses_by_prefix(name, capsys):
     parser = _parsers()[name]
     options = _long_options(parser)

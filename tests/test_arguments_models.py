@@ -62,3 +62,18 @@ def test_run_dense_and_eval_retrieval_load_a_model_by_hub_id(fake_hub, tmp_path,
     assert eval_main(["--eval_data", str(records), "--corpus", str(corpus), "--query_encoder", "acme/tiny-bert",
                       "--metrics", "nq", "--cutoffs", "2", "--hits", "2", "--cache_dir", str(tmp_path / "c")]) == 0
     assert json.loads(next(tmp_path.glob("q.eval.*.json")).read_text())["metrics"] == {"nq@2": 1.0}
+
+
+def test_cache_dir_is_the_checkouts_own_or_the_users_for_an_installed_wheel(tmp_path, monkeypatch):
+    """A wheel installed into site-packages must not cache converted models inside the install folder."""
+    from llm_embedder import resources
+
+    monkeypatch.delenv(resources.CACHE_ENV, raising=False)
+    assert resources.cache_dir() == resources.project_root() / ".cache"  # this checkout
+    installed = tmp_path / "site-packages"
+    installed.mkdir()
+    monkeypatch.setattr(resources, "project_root", lambda: installed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resources.cache_dir() == tmp_path / "xdg" / "llm-embedder"
+    monkeypatch.setenv(resources.CACHE_ENV, str(tmp_path / "mine"))
+    assert resources.cache_dir() == tmp_path / "mine"

@@ -221,7 +221,7 @@ def test_round_trip_restores_settings_and_embeddings(tiny_bert_dir, tmp_path):
     again = DenseEncoder.from_pretrained(out)
     assert again.settings() == enc.settings() == {
         "pooling_method": "cls", "normalize": False, "query_max_length": 24, "key_max_length": 40,
-        "tie_encoders": True, "add_pooler": True, "projection_out_dim": 12, "append_eos": False}
+        "tie_encoders": True, "add_pooler": True, "projection_out_dim": 12}
     assert again.instructions == INSTRUCTIONS
     np.testing.assert_allclose(again.encode(TEXTS, show_progress=False), enc.encode(TEXTS, show_progress=False),
                                atol=1e-6, rtol=0)
@@ -380,3 +380,22 @@ def test_minilm_matches_sentence_transformers(minilm_dir, tmp_path):
     out = enc.save_pretrained(tmp_path / "minilm", instructions={"qa": INSTRUCTIONS["qa"]})
     np.testing.assert_allclose(sentence_transformer(out).encode_query(TEXTS),
                                enc.encode(TEXTS, "query", instruction, show_progress=False), atol=1e-5, rtol=0)
+
+
+def test_one_set_of_encoder_defaults_for_python_and_the_command_line():
+    """LoRA dropout was 0.1 in DenseEncoder.from_pretrained and 0.0 on the command line: one table now."""
+    import dataclasses
+    import inspect
+
+    from llm_embedder.modeling.encoder_settings import DEFAULTS, EncoderSettings
+    from llm_embedder.training.arguments import ModelArguments
+
+    defaults = EncoderSettings()
+    signature = inspect.signature(DenseEncoder.from_pretrained).parameters
+    cli = {f.name: f.default for f in dataclasses.fields(ModelArguments)}
+    for name in ("lora_rank", "lora_alpha", "lora_dropout"):
+        assert signature[name].default == getattr(defaults, name) == cli[name], name
+    assert DEFAULTS == {"pooling_method": "mean", "normalize": True, "query_max_length": 256, "key_max_length": 256,
+                        "tie_encoders": True, "add_pooler": False, "projection_out_dim": None}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        defaults.lora_dropout = 0.5

@@ -93,3 +93,11 @@ def test_train_subcommand_exits_0_although_run_dense_returns_metrics(monkeypatch
 
     monkeypatch.setattr(train_run, "main", lambda argv: {"eval_ndcg@10": 0.5})
     assert cli.main(["train", "--output_dir", "x"]) == 0
+
+
+def test_a_mistyped_subcommand_names_the_closest_one(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["trian", "--output_dir", "x"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown command 'trian' (did you mean 'train'? known: ") and err.count("\n") == 0

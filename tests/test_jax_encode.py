@@ -23,6 +23,7 @@ def corpus(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_jax_encode_writes_the_torch_encoders_files(tiny_bert_dir, corpus, tmp_path):
     common = ["--model", str(tiny_bert_dir), "--key_max_length", "64", "--query_max_length", "32", "--batch_size", "8", "--chunk_size", "4"]
     for side, source in (("key", corpus), ("query", TOY_QA)):

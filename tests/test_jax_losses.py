@@ -66,10 +66,10 @@ def test_distillation_matches_torch(name, temps):
     _check(lambda q, k, t: getattr(tl, name)(q, k, t, G, **kw), lambda q, k, t: getattr(jl, name)(q, k, t, G, **kw), *_inputs(1))
 
 
-@pytest.mark.parametrize("positive_first", [True, False])
-@pytest.mark.parametrize("ties", [False, True])
-def test_stable_distill_matches_torch(positive_first, ties):
-    kw = dict(cos_temperature=0.05, teacher_temperature=0.5, positive_first=positive_first)
+@pytest.mark.parametrize("positive_first,ties,inbatch", [(True, False, True), (False, False, True), (True, True, True),
+                                                         (False, True, False), (True, False, False)])
+def test_stable_distill_matches_torch(positive_first, ties, inbatch):
+    kw = dict(cos_temperature=0.05, teacher_temperature=0.5, positive_first=positive_first, inbatch_negatives=inbatch)
     q, k, teacher = _inputs(2, ties)
     np.testing.assert_array_equal(np.asarray(jl.teacher_ranking(jnp.asarray(teacher), positive_first)),
                                   tl.teacher_ranking(torch.tensor(teacher), positive_first).numpy())
@@ -79,6 +79,7 @@ def test_stable_distill_matches_torch(positive_first, ties):
 
 RECIPES = {
     "qa": dict(stable_distill=True),
+    "qa_own_keys": dict(stable_distill=True, inbatch_negatives=False),
     "chat": dict(contrastive_weight=0.0, teacher_temperature=0.1, inbatch_negatives=False),
     "tool": dict(distill_weight=0.0),
     "margin": dict(contrastive_weight=0.5, distill_weight=2.0, distill_loss="margin_mse"),
@@ -114,3 +115,29 @@ def test_per_device_negatives_average_the_slices():
     split = jl.compute_loss(jnp.asarray(q), jnp.asarray(k), jnp.asarray(teacher), G, params, per_device_groups=2)["loss"]
     np.testing.assert_allclose(float(split), float(sum(halves) / 2), rtol=1e-5)
     assert abs(float(split) - float(whole)) > 1e-3  # guard: fewer negatives per slice change the loss
+
+
+def test_a_recipe_with_its_own_loss_terms_matches_torch():
+    """Recipes may list terms (``losses: [{name, weight, ...}]``): the JAX side uses the torch TaskLoss's terms."""
+    from llm_embedder.loss_settings import LOSS_SETTINGS, LossTerm
+
+    settings = {**{name: s.default for name, s in LOSS_SETTINGS.items()}, "cos_temperature": 0.05}
+    task_loss = tl.TaskLoss([LossTerm("infonce", 0.5, (("inbatch_negatives", False),)), LossTerm("margin_mse", 2.0),
+                             LossTerm("stable_distill", 0.25, (("positive_first", False),))], settings)
+    terms = jl.task_terms(task_loss)
+    assert [t.label for t in terms] == ["infonce", "margin_mse", "stable_distill"]
+    _check(lambda q, k, t: task_loss(q, k, t, G)["loss"], lambda q, k, t: jl.compute_loss(q, k, t, G, terms)["loss"], *_inputs(6))
+
+
+def test_a_loss_registered_only_in_torch_is_one_clear_error():
+    from llm_embedder.errors import UserError
+    from llm_embedder.loss_settings import LOSS_SETTINGS, LossTerm
+
+    name = "torch_only_test_loss"
+    tl.register_loss(tl.RegisteredLoss(name, lambda q, k, group_size: (q * 0).sum(), needs_teacher=False))
+    try:
+        settings = {name_: s.default for name_, s in LOSS_SETTINGS.items()}
+        with pytest.raises(UserError, match=f"loss '{name}' has no JAX implementation"):
+            jl.task_terms(tl.TaskLoss([LossTerm(name, 1.0)], settings))
+    finally:
+        tl.LOSSES.pop(name)  # leave the shared registry as it was

@@ -55,6 +55,7 @@ def test_minilm_embeddings_match_torch():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_masks_follow_row_keys_and_change_the_output(tiny_bert_dir):
     import jax
 

@@ -15,7 +15,7 @@ pytest.importorskip("jax")
 
 import jax  # noqa: E402
 
-from jax_helpers import loaded_and_batch, loss_options, max_abs_diff  # noqa: E402
+from jax_helpers import enable_compilation_cache, loaded_and_batch, loss_options, max_abs_diff  # noqa: E402
 from llm_embedder.errors import UserError  # noqa: E402
 from llm_embedder.jax.step import Embedder, StepOptions, TrainStep, check_batch_layout, make_mesh, make_optimizer  # noqa: E402
 
@@ -24,11 +24,13 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def setup(tiny_bert_dir):
+    enable_compilation_cache()
     loaded, batch = loaded_and_batch(tiny_bert_dir, batch_size=4, group_size=3)
     embed = Embedder(loaded.model)
     return embed, TrainStep(embed, None, make_mesh(1)), batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", [dict(stable_distill=True), dict(distill_loss="kl", inbatch_negatives=False)])
 def test_grad_cache_equals_uncached_gradients_with_dropout(setup, loss):
     embed, step, batch = setup
@@ -78,16 +80,37 @@ def test_mesh_that_does_not_divide_the_batch_fails_before_compiling():
         make_mesh(4, devices=jax.devices()[:1])
 
 
-def test_learning_rate_warms_up_then_decays_linearly_to_zero(setup):
+def test_learning_rate_warms_up_then_decays_linearly_to_zero():
+    import jax.numpy as jnp
     import optax
+    from flax import nnx
 
-    embed, _, _ = setup
-    tx = make_optimizer(embed.params, 1.0, total_steps=10, warmup_steps=2)
-    params = jax.tree_util.tree_map(lambda x: x * 0, embed.params)
-    grads = jax.tree_util.tree_map(lambda x: x * 0 + 1.0, embed.params)  # Adam's first update = -lr * sign
+    class Tiny(nnx.Module):
+        def __init__(self):
+            self.dense = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+    _, params = nnx.split(Tiny(), nnx.Param)
+    tx = make_optimizer(params, 1.0, total_steps=10, warmup_steps=2)
+    params = jax.tree_util.tree_map(jnp.zeros_like, params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)  # Adam's first update = -lr * sign
     state, seen = tx.init(params), []
     for _ in range(10):
         updates, state = tx.update(grads, state, params)
         seen.append(-float(jax.tree_util.tree_leaves(updates)[0].ravel()[0]))
     np.testing.assert_allclose(seen, [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125], atol=1e-3)
     assert isinstance(tx, optax.GradientTransformation)
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_bert_dir, setup):
+    embed, step, batch = setup
+    loaded, _ = loaded_and_batch(tiny_bert_dir, batch_size=4, group_size=3)
+    loaded.model.set_gradient_checkpointing(True)
+    remat = Embedder(loaded.model)
+    assert remat.graphdef != embed.graphdef  # guard: the remat program is a different one
+    options = StepOptions(3, True, loss_options(stable_distill=True))
+    arrays, key = step.shard_batch(batch.arrays()), jax.random.key(3)
+    g_plain, _ = step.grads_fn(options)(embed.params, arrays, key)
+    g_remat, _ = TrainStep(remat, None, make_mesh(1)).grads_fn(options)(remat.params, arrays, key)
+    diff, scale = max_abs_diff(g_plain, g_remat)
+    assert diff <= 1e-5 * max(scale, 1.0)

@@ -224,3 +224,16 @@ def test_rows_without_task_are_refused_before_the_lm_is_located(tmp_path, monkey
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"{bad}:1: task: missing" in err and "convert beir --task qa" in err and "--template NAME" in err
+
+
+def test_a_mined_file_needs_neither_corpus_nor_key_template(tmp_path, tiny_lm_dir):
+    """The mining sidecar names the corpus and the key template; scoring takes both from it (issue 11, point 6)."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(5)])
+    data = write_jsonl(tmp_path / "train.neg.bm25.json", [{"query": "a claim", "task": "qa", "pos_index": [3], "neg_index": [0, 4]}])
+    (tmp_path / "train.neg.bm25.meta.json").write_text(json.dumps({"corpus": "corpus.jsonl", "key_template": "{title}: {text}"}))
+    score(["--eval_data", data, "--template", "query_likelihood", "--model_name_or_path", tiny_lm_dir, "--save_name", "s"])
+    meta = json.loads((tmp_path / "train.neg.bm25.scored.s.meta.json").read_text())
+    assert meta["corpus"] == str(corpus.resolve()) and meta["key_template"] == "{title}: {text}"
+    score(["--eval_data", data, "--template", "query_likelihood", "--model_name_or_path", tiny_lm_dir, "--save_name", "t",
+           "--corpus", corpus])  # an explicit --corpus means the sidecar's template is not assumed
+    assert json.loads((tmp_path / "train.neg.bm25.scored.t.meta.json").read_text())["key_template"] is None

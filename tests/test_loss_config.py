@@ -126,6 +126,7 @@ def test_python_api_loss_arguments_that_miss_the_dataset_are_an_error(tmp_path, 
     assert trainer.model.loss_for("chat").terms[0][0].weight == 0.5
 
 
+@pytest.mark.slow
 def test_a_user_registered_loss_selected_in_task_config_trains(tmp_path, registry, monkeypatch, tiny_bert_nodrop_dir):
     """The recipe names the loss; nothing in the trainer knows it. Its params and the settings reach it, it is
     logged under its name, changes the weights, and the resolved recipe is saved with the run."""

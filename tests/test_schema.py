@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 from llm_embedder import schema, tasks
 from llm_embedder.errors import UserError
+from llm_embedder.resources import resolve_data_path
 from llm_embedder.schema import (MAX_REPORTED_ERRORS, derived_path, meta_path, num_keys, num_positives, read_records,
                                  record_keys, sidecar_corpus, write_json, write_records)
 from llm_embedder.tasks import known_tasks
@@ -259,17 +261,17 @@ def test_written_files_get_normal_permissions(tmp_path):
 
 
 def test_derived_and_meta_names(tmp_path):
-    assert derived_path("d/train.json", "neg", "bm25") == schema.Path("d/train.neg.bm25.json")
+    assert derived_path("d/train.json", "neg", "bm25") == Path("d/train.neg.bm25.json")
     assert derived_path("d/train.neg.bm25.json", "scored", "smollm2", output_dir="o") == \
-        schema.Path("o/train.neg.bm25.scored.smollm2.json")
-    assert derived_path("d/train.jsonl", "neg", "dense") == schema.Path("d/train.neg.dense.json")
-    assert meta_path("d/train.neg.bm25.json") == schema.Path("d/train.neg.bm25.meta.json")
+        Path("o/train.neg.bm25.scored.smollm2.json")
+    assert derived_path("d/train.jsonl", "neg", "dense") == Path("d/train.neg.dense.json")
+    assert meta_path("d/train.neg.bm25.json") == Path("d/train.neg.bm25.meta.json")
     records = write_records(tmp_path / "sub" / "train.json", [GOOD])
     assert sidecar_corpus(records) is None
     write_json(meta_path(records), {"corpus": "../corpus.jsonl"})
     assert sidecar_corpus(records) == tmp_path / "sub" / "../corpus.jsonl"
     write_json(meta_path(records), {"corpus": "llm-embedder:scifact/corpus.jsonl"})
-    assert sidecar_corpus(records).resolve() == (schema.resolve_data_path("llm-embedder:scifact/corpus.jsonl")).resolve()
+    assert sidecar_corpus(records).resolve() == (resolve_data_path("llm-embedder:scifact/corpus.jsonl")).resolve()
 
 
 # ------------------------------------------------------------------------------------------- validate CLI

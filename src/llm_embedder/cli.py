@@ -51,7 +51,11 @@ def dispatch(table: dict[str, tuple[str, str]], argv: list[str], prog: str, kind
     name, rest = argv[0], argv[1:]
     if name not in table:
         where = prog.split(" ", 1)[1] + ": " if " " in prog else ""
-        raise UserError(f"{where}unknown {kind} '{name}' (known: {', '.join(sorted(table))})")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(table), n=1)
+        guess = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"{where}unknown {kind} '{name}' ({guess}known: {', '.join(sorted(table))})")
     module_name, func_name = table[name][0].split(":")
     result = getattr(importlib.import_module(module_name), func_name)(rest)
     return result if isinstance(result, int) else 0  # run_dense's main returns its metrics: success

@@ -4,6 +4,7 @@ Every check of user input (files, arguments, model names) raises :class:`UserErr
 message that names the file and line or the argument. The CLIs catch it and print only that line
 (exit status 2), so bad input never surfaces as a traceback.
 """
+from typing import Sequence
 
 
 class UserError(ValueError):
@@ -31,3 +32,16 @@ def cli_guard(main):
             raise SystemExit(141) from None
 
     return wrapped
+
+
+MAX_REPORTED_ERRORS = 50
+
+
+def raise_if_errors(errors: Sequence[str]) -> None:
+    """Raise a UserError holding the first ``MAX_REPORTED_ERRORS`` problems, one per line."""
+    if not errors:
+        return
+    shown = list(errors[:MAX_REPORTED_ERRORS])
+    if len(errors) > len(shown):
+        shown.append(f"... and {len(errors) - len(shown)} more problems")
+    raise UserError("\n".join(shown))

@@ -7,11 +7,11 @@ default differs from the reference's must have its reason in :data:`REASONS` (a 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import sys
 from pathlib import Path
+from .argparsing import ArgParser
 
 # The reference's defaults (FlagEmbedding research/llm_embedder src/retrieval/args.py: RetrievalArgs and
 # RetrievalTrainingArgs, as run_dense.py parses them; HF TrainingArguments where it sets none).
@@ -182,7 +182,7 @@ def render(text: str) -> str:
 def main(argv=None) -> int:
     from .resources import project_root
 
-    p = argparse.ArgumentParser(prog="python -m llm_embedder.migration", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m llm_embedder.migration", description=__doc__.splitlines()[0])
     p.add_argument("--doc", default=str(project_root() / "docs" / "migration.md"))
     p.add_argument("--check", action="store_true", help="exit 1 if the doc is not current")
     args = p.parse_args(argv)
@@ -195,9 +195,9 @@ def main(argv=None) -> int:
             return 1
         return 0
     if new != text:
-        from .schema import _atomic_write
+        from .io import atomic_write
 
-        _atomic_write(path, lambda out: out.write(new))
+        atomic_write(path, lambda out: out.write(new))
         print(f"updated {path}")
     return 0
 

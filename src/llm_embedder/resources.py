@@ -30,8 +30,15 @@ def data_root() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where converted models and indexes are cached: ``$LLM_EMBEDDER_CACHE`` or ``<repo>/.cache``."""
-    return Path(os.environ.get(CACHE_ENV) or project_root() / ".cache")
+    """Where converted models and indexes are cached: ``$LLM_EMBEDDER_CACHE``; in a source checkout
+    ``<repo>/.cache``; for an installed wheel (no checkout around the package) the user cache folder,
+    ``$XDG_CACHE_HOME/llm-embedder`` or ``~/.cache/llm-embedder``, never the install folder itself."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = project_root()
+    if (root / "pyproject.toml").is_file():
+        return root / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-embedder"
 
 
 def resolve_data_path(path: str | os.PathLike) -> Path:

@@ -7,20 +7,23 @@ round trip.
 
 Files are JSON lines, or one JSON array (then "line" means item number). Validation reads the whole file
 first and reports every problem as ``file:line: field: what is wrong`` before any training, scoring or
-mining starts. The rules are written out in ``docs/data-format.md``.
+mining starts. The rules are written out in ``docs/data-format.md``. Parsing and atomic writes are in
+:mod:`llm_embedder.io`, derived file names in :mod:`llm_embedder.paths`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
-from .errors import UserError
-from .resources import resolve_data_path
+from .errors import MAX_REPORTED_ERRORS, UserError, raise_if_errors  # noqa: F401
+# file I/O and derived names live in their own modules; re-exported here for existing imports
+from .io import (PROGRESS_MIN_BYTES, json_type_name as _type_name, atomic_write, copy_atomic, default_permissions, parse_json_file,  # noqa: F401
+                 read_json_objects, write_json, write_records)
+from .paths import derived_path, meta_path, sidecar_corpus  # noqa: F401
 
 TEXT_LIST_FIELDS = ("pos", "neg", "history", "answers")
 INDEX_LIST_FIELDS = ("pos_index", "neg_index")
@@ -31,8 +34,6 @@ ID_LIST_FIELDS = ("pos_ids", "neg_ids")
 KEY_ALIGNED_FIELDS = {"pos": ("pos", "pos_index", "pos_ids", "pos_scores"),
                       "neg": ("neg", "neg_index", "neg_ids", "neg_score", "neg_scores"),
                       "history": ("history",)}
-MAX_REPORTED_ERRORS = 50
-PROGRESS_MIN_BYTES = 64 << 20  # files larger than this show a tqdm bar while they are parsed
 
 # what a file is used for decides which fields it must have
 PURPOSES = ("train", "eval", "score", "any")
@@ -54,108 +55,6 @@ class RecordFile:
         return len(self.records)
 
 
-# ----------------------------------------------------------------------------------------------- reading
-
-def _progress(total: int, path: Path):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, desc=f"reading {path.name}",
-                disable=total < PROGRESS_MIN_BYTES)
-
-
-def _first_significant_byte(path: Path) -> bytes:
-    with path.open("rb") as f:
-        while chunk := f.read(4096):
-            stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")  # whitespace and a UTF-8 byte order mark
-            if stripped:
-                return stripped[:1]
-    return b""
-
-
-def _parse_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """``(line, object, None)`` or ``(line, None, problem)`` per non-blank line.
-
-    Lines are split on ``\\n`` only: ``str.splitlines`` would also split on U+2028/U+0085, which JSON
-    strings may hold unescaped (``json.dumps(..., ensure_ascii=False)`` writes them raw).
-    """
-    with path.open("rb") as f, _progress(path.stat().st_size, path) as bar:
-        for n, raw in enumerate(f, 1):
-            bar.update(len(raw))
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                line = raw.rstrip(b"\r\n").decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield n, None, f"not valid UTF-8 (byte {err.start + 1} of the line)"
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield n, None, f"invalid JSON: {err.msg} (column {err.colno})"
-                continue
-            if not isinstance(obj, dict):
-                yield n, None, f"expected a JSON object, got {_type_name(obj)}"
-                continue
-            yield n, obj, None
-
-
-def _parse_array(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Items of a JSON-array file as ``(item number, object, problem)``; unparsable text is one problem."""
-    try:
-        items = json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as err:
-        yield 1, None, f"not valid UTF-8 (byte {err.start + 1} of the file)"
-        return
-    except json.JSONDecodeError as err:
-        yield err.lineno, None, f"invalid JSON: {err.msg} (column {err.colno})"
-        return
-    for n, item in enumerate(items, 1):
-        if isinstance(item, dict):
-            yield n, item, None
-        else:
-            yield n, None, f"item {n} of the JSON array is {_type_name(item)}, not an object"
-
-
-def parse_json_file(path: str | os.PathLike) -> tuple[Path, list[dict], list[int], list[tuple[int, str]]]:
-    """Parse a JSONL file or a JSON array without stopping at the first bad line.
-
-    Returns ``(path, objects, line numbers, problems)`` where ``problems`` holds ``(line, "what is wrong")``
-    for lines that are not JSON objects. A missing file is a UserError.
-    """
-    path = resolve_data_path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    first = _first_significant_byte(path)
-    parse = _parse_array if first == b"[" else _parse_jsonl
-    objects, lines, problems = [], [], []
-    for n, obj, problem in parse(path):
-        if problem is not None:
-            problems.append((n, problem))
-        else:
-            objects.append(obj)
-            lines.append(n)
-    if first == b"{" and problems and not objects and _is_one_json_object(path):
-        problems = [(1, "the file is one JSON object spread over several lines; records must be JSON lines "
-                        "(one object per line) or a JSON array")]
-    return path, objects, lines, problems
-
-
-def _is_one_json_object(path: Path) -> bool:
-    try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8-sig")), dict)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-
-
-def read_json_objects(path: str | os.PathLike) -> tuple[Path, list[dict], list[int]]:
-    """Parse a JSONL file or a JSON array into ``(path, objects, line numbers)``; bad lines are one UserError."""
-    path, objects, lines, problems = parse_json_file(path)
-    raise_if_errors([f"{path}:{n}: {problem}" for n, problem in problems])
-    return path, objects, lines
-
-
 def read_records(path: str | os.PathLike, *, purpose: str = "any", corpus_size: int | None = None,
                  known_tasks: Iterable[str] | None = None, corpus_ids: Sequence[str] | None = None,
                  validate: bool = True) -> RecordFile:
@@ -174,14 +73,7 @@ def read_records(path: str | os.PathLike, *, purpose: str = "any", corpus_size: 
     return rf
 
 
-def raise_if_errors(errors: Sequence[str]) -> None:
-    """Raise a UserError holding the first :data:`MAX_REPORTED_ERRORS` problems, one per line."""
-    if not errors:
-        return
-    shown = list(errors[:MAX_REPORTED_ERRORS])
-    if len(errors) > len(shown):
-        shown.append(f"... and {len(errors) - len(shown)} more problems")
-    raise UserError("\n".join(shown))
+
 
 
 # ------------------------------------------------------------------------------------------------- keys
@@ -230,11 +122,6 @@ def record_keys(record: dict, corpus_texts: Sequence[str] | None = None) -> list
 
 
 # ---------------------------------------------------------------------------------------------- checks
-
-def _type_name(x) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "an integer", float: "a number"}.get(type(x), type(x).__name__)
-
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
@@ -416,123 +303,3 @@ def validate_records(rf: RecordFile, *, purpose: str = "any", corpus_size: int |
 
 # ----------------------------------------------------------------------------------------------- writing
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def default_permissions(path: str | os.PathLike) -> Path:
-    """Give a file (0666) or a directory tree (0777 folders, 0666 files) the permissions a plain ``open`` or
-    ``mkdir`` would, minus the umask: ``mkstemp``/``mkdtemp`` and some writers (safetensors) create 0600/0700."""
-    path, mask = Path(path), _umask()
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-    if path.is_dir():
-        for entry in path.rglob("*"):
-            if not entry.is_symlink():
-                os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
-    return path
-
-
-def atomic_write(path: str | os.PathLike, write, binary: bool = False) -> Path:
-    """Run ``write(file)`` on a temp file in the target folder (text, UTF-8, or bytes), then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        default_permissions(tmp)  # mkstemp creates 0600; give the file the usual permissions
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as out:
-            write(out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-_atomic_write = atomic_write  # the old private name
-
-
-def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write JSON lines atomically (temp file in the same folder, then rename); returns the path.
-
-    NaN and infinity are refused (``ValueError``): JSON cannot hold them and validation would reject them.
-    """
-    def write(out):
-        for i, record in enumerate(records):
-            try:
-                out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-            except ValueError as err:
-                raise ValueError(f"{path}: record {i} cannot be written as JSON: {err}") from None
-
-    return atomic_write(path, write)
-
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write one JSON document atomically (indented, UTF-8)."""
-    def write(out):
-        json.dump(obj, out, ensure_ascii=False, indent=2, default=str)
-        out.write("\n")
-
-    return atomic_write(path, write)
-
-
-def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Copy a file byte for byte, atomically (temp file + rename)."""
-    import shutil
-
-    def write(out):
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-
-    return atomic_write(path, write, binary=True)
-
-
-# ------------------------------------------------------------------------------------------------ naming
-
-def _stem(source: Path) -> str:
-    return source.name[: -len(".json")] if source.name.endswith(".json") else source.stem
-
-
-def derived_path(source: str | os.PathLike, kind: str, save_name: str, output_dir: str | os.PathLike | None = None) -> Path:
-    """The reference's naming for derived files: ``{name}.{kind}.{save_name}.json`` next to ``source``.
-
-    ``derived_path("train.json", "neg", "bm25")`` → ``train.neg.bm25.json``;
-    ``derived_path("train.neg.bm25.json", "scored", "smollm2")`` → ``train.neg.bm25.scored.smollm2.json``.
-    """
-    source = resolve_data_path(source)
-    folder = Path(output_dir) if output_dir else source.parent
-    return folder / f"{_stem(source)}.{kind}.{save_name}.json"
-
-
-def meta_path(source: str | os.PathLike) -> Path:
-    """The sidecar that describes a records file: ``train.json`` → ``train.meta.json``."""
-    source = resolve_data_path(source)
-    return source.parent / f"{_stem(source)}.meta.json"
-
-
-def sidecar_corpus(source: str | os.PathLike) -> Path | None:
-    """The corpus a records file points at, as recorded in its sidecar (``{"corpus": path}``), or None.
-
-    A relative path in the sidecar is relative to the sidecar's folder.
-    """
-    meta = meta_path(source)
-    if not meta.is_file():
-        return None
-    try:
-        corpus = json.loads(meta.read_text(encoding="utf-8")).get("corpus")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise UserError(f"{meta}: not a JSON object ({err})") from None
-    if corpus is None:
-        return None
-    if not isinstance(corpus, str):
-        raise UserError(f"{meta}: corpus: must be a path string")
-    path = resolve_data_path(corpus)
-    return path if path.is_absolute() else meta.parent / path

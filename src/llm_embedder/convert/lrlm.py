@@ -13,12 +13,13 @@ from ..errors import UserError, cli_guard
 from ..lrlm.build import SPLITS, BuildParams, build, describe, python_files
 from ..resources import resolve_data_path
 from ..schema import meta_path, validate_records, write_json, write_records, RecordFile
+from ..argparsing import ArgParser
 
 SEPARATOR = "\n\n"  # between a retrieved key and the context when scoring (tokenised once, recorded in the meta)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-embedder convert lrlm", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="llm-embedder convert lrlm", description=__doc__.splitlines()[0])
     p.add_argument("source", metavar="SOURCE_DIR", help="folder of .py files (a path or llm-embedder:python_stdlib/files)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--tokenizer", default="smollm2", help="the scoring LM (alias or local folder) whose tokenizer cuts the chunks")

@@ -49,17 +49,12 @@ class StepOptions:
 
     group_size: int
     has_teacher: bool
-    loss_params: tuple  # sorted LossParams items
+    terms: tuple  # the task's JaxTerms (llm_embedder.jax.losses.task_terms)
     per_device_groups: int = 1
     grad_cache: bool = False
     query_num_chunks: int = 1
     passage_num_chunks: int = 1
     dropout: bool = True
-
-    def params(self):
-        from ..modeling.losses import LossParams
-
-        return LossParams(**dict(self.loss_params))
 
 
 def check_batch_layout(batch_size: int, group_size: int, mesh: Mesh, options: StepOptions) -> None:
@@ -91,7 +86,7 @@ class Embedder:
 
 
 def _loss(options: StepOptions, q, k, teacher):
-    out = compute_loss(q, k, teacher if options.has_teacher else None, options.group_size, options.params(),
+    out = compute_loss(q, k, teacher if options.has_teacher else None, options.group_size, options.terms,
                        per_device_groups=options.per_device_groups)
     return out["loss"], out
 
@@ -176,6 +171,7 @@ class TrainStep:
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
         self._compiled: dict[StepOptions, Callable] = {}
+        self._grads: dict[StepOptions, Callable] = {}
 
     def shard_batch(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {name: jax.device_put(value, self.sharded) for name, value in arrays.items()}
@@ -185,7 +181,10 @@ class TrainStep:
 
     def grads_fn(self, options: StepOptions) -> Callable:
         """The (jit-compiled) ``(params, batch, step_key) -> (grads, metrics)`` alone, for tests and benchmarks."""
-        return jax.jit(loss_and_grads(self.embed, options), out_shardings=(self.replicated, self.replicated))
+        if options not in self._grads:
+            self._grads[options] = jax.jit(loss_and_grads(self.embed, options),
+                                           out_shardings=(self.replicated, self.replicated))
+        return self._grads[options]
 
     def __call__(self, state, arrays: dict[str, np.ndarray], options: StepOptions, step_key):
         if options not in self._compiled:

@@ -10,6 +10,7 @@ batches come from :mod:`.data`, the step from :mod:`.step`; checkpoints (``--sav
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -22,21 +23,26 @@ logger = logging.getLogger("llm_embedder.jax.train")
 
 
 def parse_args(argv=None):
-    from transformers import HfArgumentParser
-
+    """run_dense.py's shared parser (peer aliases, no prefix matching, one-line errors) over the JAX options."""
+    from ..argparsing import dataclass_parser
     from ..training.arguments import DataArguments, ModelArguments
     from .arguments import JaxTrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, JaxTrainingArguments))
+    parser = dataclass_parser((ModelArguments, DataArguments, JaxTrainingArguments), prog="llm_embedder.jax.train")
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
+        loaded = parser.parse_json_file(argv[0])
+        explicit = frozenset(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    else:
+        loaded = parser.parse_args_into_dataclasses(argv)
+        explicit = frozenset(parser.explicit_dests(parser.normalise_argv(argv)))
+    loaded[2].explicit_args = explicit  # a task recipe takes only the loss settings the user chose
+    return loaded
 
 
 def check_args(model_args, args) -> None:
     """Option values the JAX trainer cannot honour: one line each, before anything is loaded."""
-    if model_args.lora_rank:
+    if model_args.lora_rank or getattr(model_args, "lora", False):
         raise UserError("--lora_rank: LoRA is not implemented in the JAX trainer (use run_dense.py)")
     if model_args.add_pooler or model_args.projection_out_dim:
         raise UserError("--add_pooler: the JAX trainer has no projection layer")
@@ -69,34 +75,31 @@ def build(model_args, data_args, args) -> Run:
     import jax
 
     from ..data.collator import EmbedderCollator
-    from ..modeling.losses import LossParams
-    from ..training.model import task_loss_params
+    from ..training.model import task_losses
+    from ..training.trainer import loss_params_from_args
     from ..training.run import load_inputs, task_instructions
     from .checkpoint import Checkpoints
     from .data import BatchStream, BucketTokenizer
+    from .losses import task_terms
     from .step import Embedder, StepOptions, TrainStep, check_batch_layout, make_mesh, make_optimizer
     from .weights import load_encoder
 
     check_args(model_args, args)
+    if args.jax_distributed:  # every host runs this command; each builds the same global batch (seeded plan)
+        jax.distributed.initialize()
     if not data_args.train_data:
         raise UserError("--train_data: the JAX trainer needs training files")
-    default = LossParams(contrastive_weight=args.contrastive_weight, distill_weight=args.distill_weight,
-                         stable_distill=args.stable_distill, stable_distill_positive_first=args.stable_distill_positive_first,
-                         teacher_temperature=args.teacher_temperature, student_temperature=args.student_temperature,
-                         cos_temperature=model_args.cos_temperature, inbatch_negatives=args.inbatch_negatives,
-                         negative_cross_device=args.negative_cross_device, distill_loss=args.distill_loss)
+    default = task_terms(loss_params_from_args(args))
     mesh = make_mesh(args.mesh_shape)
     global_batch = args.per_device_train_batch_size * mesh.size
     _, dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, args)
-    per_task = task_loss_params(default, dataset.recipes)
-    per_device = 1 if args.negative_cross_device else mesh.size
+    per_task = {task: task_terms(loss) for task, loss in task_losses(dataset.recipes, args.negative_cross_device).items()}
+    per_device = 1 if args.negative_cross_device else mesh.size  # own-slice losses, as DDP without gathering
 
     def options_for(batch) -> StepOptions:
-        params = per_task.get(batch.task, default)
-        return StepOptions(batch.group_size, batch.has_teacher, tuple(sorted(vars(params).items())),
-                           per_device_groups=per_device if params.inbatch_negatives else 1,
-                           grad_cache=args.grad_cache, query_num_chunks=args.query_num_chunks,
-                           passage_num_chunks=args.passage_num_chunks)
+        return StepOptions(batch.group_size, batch.has_teacher, per_task.get(batch.task, default),
+                           per_device_groups=per_device, grad_cache=args.grad_cache,
+                           query_num_chunks=args.query_num_chunks, passage_num_chunks=args.passage_num_chunks)
 
     for recipe in dataset.recipes:  # batch layout errors before loading or compiling anything
         check_batch_layout(global_batch, recipe.train_group_size, mesh,
@@ -108,10 +111,11 @@ def build(model_args, data_args, args) -> Run:
                           seed=args.seed)
     loaded.model.set_gradient_checkpointing(args.gradient_checkpointing)
     tasks = sorted({data_args.default_task} | set(dataset.tasks))
+    instructions = task_instructions(tasks, model_args)  # the registry's, or --query_prefix/--passage_prefix
     tokenizer = BucketTokenizer(loaded.tokenizer, {"query": loaded.settings["query_max_length"],
                                                    "key": loaded.settings["key_max_length"]})
-    collator = EmbedderCollator(tokenizer, add_instruction=model_args.add_instruction, tasks=tasks,
-                                default_task=data_args.default_task)
+    collator = EmbedderCollator(tokenizer, add_instruction=bool(instructions), instructions=instructions or None,
+                                tasks=tasks, default_task=data_args.default_task)
     seed = args.data_seed if args.data_seed is not None else args.seed
     stream = BatchStream(dataset, collator, global_batch, seed, data_args.inbatch_same_dataset, data_args.dataset_weights)
     updates_per_epoch = max(len(stream) // args.gradient_accumulation_steps, 1)
@@ -125,7 +129,7 @@ def build(model_args, data_args, args) -> Run:
                 global_batch, args.gradient_accumulation_steps, updates_per_epoch)
     checkpoints = Checkpoints(Path(args.output_dir) / "checkpoints", args.save_total_limit)
     return Run(loaded, dataset, stream, TrainStep(embed, tx, mesh), embed, options_for, total, args, checkpoints,
-               (eval_file, eval_corpus), task_instructions(tasks, model_args.add_instruction))
+               (eval_file, eval_corpus), instructions)
 
 
 def _resume(run: Run, state):
@@ -212,6 +216,10 @@ def main(argv=None) -> dict:
         raise UserError(f"--output_dir: {out} is not empty (pass --overwrite_output_dir or --resume_from_checkpoint)")
     run = build(model_args, data_args, args)
     state, stats = train_loop(run)
+    import jax
+
+    if jax.process_index() != 0:  # one host writes the model folder and metrics
+        return {}
     export_model(run.loaded, run.embed.graphdef, state["params"], out, run.instructions)
     metrics = {"train_" + k if not k.startswith("train_") else k: v for k, v in stats.items()}
     eval_file, eval_corpus = run.eval_inputs

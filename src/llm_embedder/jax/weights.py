@@ -115,7 +115,8 @@ def load_encoder(name_or_path, *, pooling_method: str | None = None, normalize: 
     from flax import nnx
     from transformers import AutoTokenizer
 
-    from ..modeling.encoder import DEFAULTS, KEY_ENCODER_DIR, DenseEncoder, _check_settings
+    from ..modeling.encoder import KEY_ENCODER_DIR
+    from ..modeling.encoder_settings import DEFAULTS, check_settings, resolve_settings
     from .model import BertConfig, DualEncoder, check_pooling
 
     explicit = {"pooling_method": pooling_method, "normalize": normalize, "query_max_length": query_max_length,
@@ -123,12 +124,14 @@ def load_encoder(name_or_path, *, pooling_method: str | None = None, normalize: 
                 "projection_out_dim": None}
     if pooling_method is not None:
         check_pooling(pooling_method)
-    _check_settings({k: DEFAULTS[k] if v is None else v for k, v in explicit.items()}, "--")
+    check_settings({k: DEFAULTS[k] if v is None else v for k, v in explicit.items()}, "--")
     path = resolve_encoder(name_or_path)
-    settings, saved, _ = DenseEncoder._resolve_settings(path, explicit)
+    settings, saved, _ = resolve_settings(path, explicit)
     check_pooling(settings["pooling_method"])
     if settings["add_pooler"]:
         raise UserError("--add_pooler: the JAX trainer has no projection layer; train without it")
+    if saved.get("append_eos"):
+        raise UserError(f"{path}: saved with --append_eos_token (EOS last-token pooling), which the JAX BERT encoder does not do")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserError(f"{path}: no config.json")

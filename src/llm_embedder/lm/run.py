@@ -17,9 +17,8 @@ import os
 import time
 from pathlib import Path
 
-import torch
 
-from .. import __version__
+from ..runinfo import versions
 from ..corpus import load_corpus
 from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
@@ -97,21 +96,31 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
         "corpus": str(corpus.path.resolve()) if corpus is not None else None, "key_template": args.key_template,
         "lm": lm_info, "template_argument": args.template, "templates": templates,
         "normalisation": NORMALISATION, "answer_policy": args.answer_policy,
-        "special_tokens": "none added (prompt and answer tokenised separately with add_special_tokens=False, ids concatenated)",
+        "special_tokens": "prompt + answer tokenised as one text and split at the answer's first character; the "
+                          f"tokenizer's own prefix {plan.stats['special_prefix_ids']} (BOS, if it adds one) before each prompt",
         "max_length": args.max_length, "key_max_length": args.key_max_length,
-        "truncation": "keys cut to key_max_length tokens; prompts cut from the left so the answer is scored whole",
+        "truncation": "keys cut to key_max_length tokens; a prompt too long loses its context's left end, then its "
+                      "key's end, then (query alone too long) its left end; the answer is scored whole",
         "token_budget": args.token_budget, "max_queries": args.max_queries, "max_keys": args.max_keys,
         "fields_truncated_by_max_keys": truncated, "teacher_scores_align_with": sorted({rp.key_fields for rp in plan.row_plans}),
         "counts": {**plan.stats, "pairs_resumed_from_partial": resumed},
         "world_size": world_size, "seconds": round(seconds, 2),
-        "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": _transformers_version()},
+        "versions": versions(),
     }
 
 
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
+def sidecar_key_template(source) -> str | None:
+    """The ``key_template`` a records file's ``.meta.json`` sidecar records (mining writes one), or None."""
+    meta = meta_path(source)
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8")).get("key_template")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"{meta}: not a JSON object ({err})") from None
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{meta}: key_template: must be a string")
+    return value
 
 
 def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_info: dict, rank: int,
@@ -157,6 +166,8 @@ def run(args: argparse.Namespace) -> Path | None:
     check_args(args)
     started = time.perf_counter()
     corpus_path = args.corpus or sidecar_corpus(args.eval_data)
+    if args.corpus is None and args.key_template is None:
+        args.key_template = sidecar_key_template(args.eval_data)  # a mined file's keys, rendered as when mined
     if args.key_template and corpus_path is None:
         raise UserError("--key_template: formats corpus rows, but there is no --corpus")
     corpus = load_corpus(corpus_path, args.key_template) if corpus_path else None

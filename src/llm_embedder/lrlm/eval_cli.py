@@ -19,10 +19,11 @@ from ..resources import resolve_data_path, resolve_lm
 from ..schema import write_json, write_records
 from . import metrics, retrievers
 from .teacher import read_lrlm
+from ..argparsing import ArgParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.eval_lm", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m evaluation.eval_lm", description=__doc__.splitlines()[0])
     p.add_argument("--eval_data", required=True, help="lrlm file (built by `llm-embedder convert lrlm`), scored or not")
     p.add_argument("--retrieval_method", nargs="+", default=["none", "bm25"], choices=retrievers.METHODS)
     p.add_argument("--model_name_or_path", nargs="*", default=[], help="dense encoders (aliases or saved folders)")

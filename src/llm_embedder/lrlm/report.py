@@ -9,7 +9,6 @@ share of the gap between that baseline and the definition's chunk it recovers. W
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..schema import write_json
 from . import metrics
+from ..argparsing import ArgParser
 
 BASELINES = ("none", "random", "bm25", "dense:minilm")
 HARD_LABEL = "contrastive"  # contrastive on the teacher's top-1: a baseline, never the chosen distilled recipe
@@ -137,7 +137,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llm_embedder.lrlm.report")
+    p = ArgParser(prog="python -m llm_embedder.lrlm.report")
     p.add_argument("out", help="the study folder (OUT of scripts/lrlm-study.sh)")
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--png", default=None)

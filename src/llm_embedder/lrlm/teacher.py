@@ -17,6 +17,7 @@ from ..errors import UserError, cli_guard
 from ..resources import resolve_data_path
 from ..schema import derived_path, meta_path, read_records, write_json, write_records
 from .score import check_window, mean, score_key_sets
+from ..argparsing import ArgParser
 
 
 def read_lrlm(path) -> tuple[list[dict], dict]:
@@ -57,7 +58,7 @@ def prepare_lm(name: str, records, sets, sep_ids, dtype: str = "float32", argume
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llm_embedder.lrlm.teacher", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m llm_embedder.lrlm.teacher", description=__doc__.splitlines()[0])
     p.add_argument("--eval_data", required=True)
     p.add_argument("--model_name_or_path", default="smollm2")
     p.add_argument("--save_name", required=True)

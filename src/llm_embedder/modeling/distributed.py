@@ -8,43 +8,36 @@ before backward, so that DDP's gradient averaging yields the single-process grad
 ``docs/losses.md``). Ranks may hold different numbers of rows (a short last batch): tensors are padded
 to the largest size for the collective and trimmed afterwards.
 
-Without an initialised process group every function is the identity (one plain process).
+Tensors travel on the process group's device (NCCL: the rank's GPU, where embeddings already are;
+gloo: the CPU) and come back on the input's device. Without an initialised process group every function
+is the identity (one plain process). Ranks, devices and the other collectives live in
+:mod:`llm_embedder.distributed`.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
+from ..distributed import group_device, is_distributed, rank, world_size
 
-def is_distributed() -> bool:
-    """True when a torch.distributed process group is initialised."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    """Number of ranks, 1 without a process group."""
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def rank() -> int:
-    """This process's rank, 0 without a process group."""
-    return dist.get_rank() if is_distributed() else 0
+__all__ = ["gather_no_grad", "gather_with_grad", "is_distributed", "rank", "world_size"]
 
 
 def _gather_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """All ranks' tensors (no autograd), allowing a different size along dim 0 on each rank."""
-    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    """All ranks' tensors (no autograd) on ``tensor``'s device, allowing a different size along dim 0 per rank."""
+    device = group_device()
+    size = torch.tensor([tensor.shape[0]], device=device, dtype=torch.long)
     sizes = [torch.zeros_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
     sizes = [int(s.item()) for s in sizes]
     longest = max(sizes)
-    padded = tensor.detach().contiguous()
+    padded = tensor.detach().to(device).contiguous()
     if padded.shape[0] < longest:
         filler = padded.new_zeros((longest - padded.shape[0], *padded.shape[1:]))
         padded = torch.cat([padded, filler], dim=0)
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return [part[:n] for part, n in zip(parts, sizes)]
+    return [part[:n].to(tensor.device) for part, n in zip(parts, sizes)]
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

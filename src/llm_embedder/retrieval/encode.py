@@ -34,7 +34,7 @@ SETTING_NAMES = ("pooling_method", "normalize", "query_max_length", "key_max_len
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """``np.save`` to a temp file in the same folder, then rename (readers never see half a file)."""
-    from ..schema import atomic_write
+    from ..io import atomic_write
 
     return atomic_write(path, lambda out: np.save(out, np.ascontiguousarray(array), allow_pickle=False), binary=True)
 

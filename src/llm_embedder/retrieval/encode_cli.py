@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key_template", default=None, help='corpus row -> key text, e.g. "{title} {text}"')
     p.add_argument("--num_shards", "--dataset_number_of_shards", "--encode_num_shard", type=int, default=None, help="split the rows into N contiguous shards")
     p.add_argument("--shard_index", "--dataset_shard_index", "--encode_shard_index", type=int, default=None, help="which shard to encode (0-based)")
-    p.add_argument("--add_instruction", action="store_true", help="prepend the task's instruction for --side")
+    p.add_argument("--add_instruction", action=BoolFlag, default=None,
+                   help="prepend the task's instruction for --side (default: only a saved model's own, if it has any)")
     p.add_argument("--task", default="qa", help="task whose instruction --add_instruction uses")
     p.add_argument("--pooling_method", "--pooling", default=None, help="default: the model's saved setting")
     p.add_argument("--query_max_length", "--query_max_len", "--q_max_len", type=int, default=None)
@@ -102,12 +103,11 @@ def main(argv: list[str] | None = None, build_encoder=None) -> int:
     encoder = (build_encoder or DenseEncoder.from_pretrained)(
         model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
         query_max_length=args.query_max_length, key_max_length=args.key_max_length)
-    instruction = ""
-    if args.add_instruction:
-        from .eval_cli import _instructions
+    from .retriever import eval_instructions
 
-        query_instruction, key_instruction = _instructions(encoder, args.task)
-        instruction = key_instruction if args.side == "key" else query_instruction
+    query_instruction, key_instruction = eval_instructions(args.task, args.add_instruction,
+                                                           getattr(encoder, "instructions", None))
+    instruction = key_instruction if args.side == "key" else query_instruction
     chunk_size = args.chunk_size
     lo, hi = shard_rows(len(texts), chunk_size, num_shards, shard_index)
     emb = encode_texts(encoder, texts, side=args.side, instruction=instruction, batch_size=args.batch_size,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..corpus import load_corpus
 from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
 from ..resources import cache_dir as default_cache_dir
+from ..runinfo import versions
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
 from .dense import INDEX_TYPES, IndexParams
 from .metrics import ANSWER_METRICS, METRICS, check_metrics, write_trec_run
@@ -86,57 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("llm-embedder", "torch", "transformers", "faiss-cpu", "pytrec-eval-terrier", "pyserini", "bm25s",
-                 "rank-bm25", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def _dist_rank() -> tuple[int, int]:
-    """Join the torchrun process group (gloo) when launched by torchrun; ``(rank, world)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
+    """Join the torchrun process group when launched by it; ``(rank, world)``. gloo: the ranks only meet at
+    barriers around the shared embedding cache, which gloo serves on CPUs and GPUs alike."""
+    from ..distributed import init_from_env
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _task_of(records: list[dict], explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    tasks = {r.get("task") for r in records if r.get("task")}
-    if len(tasks) > 1:
-        raise UserError(f"--task: the records mix tasks ({', '.join(sorted(tasks))}); pass --task to pick the instructions")
-    return tasks.pop() if tasks else "qa"
-
-
-def _instructions(encoder, task: str) -> tuple[str, str]:
-    """A saved model's own instructions for ``task``, else the task registry's."""
-    saved = getattr(encoder, "instructions", None) or {}
-    if task in saved:
-        return tuple(saved[task])
-    from ..tasks import get_task
-
-    recipe = get_task(task)
-    return recipe.query_instruction, recipe.key_instruction
-
-
-def _chosen_instructions(encoder, task: str, add_instruction: bool | None) -> tuple[str, str]:
-    """``--add_instruction`` true: the task's instructions; false: none; not given: the saved model's own, if any."""
-    if add_instruction is None:
-        saved = getattr(encoder, "instructions", None) or {}
-        return tuple(saved[task]) if task in saved else ("", "")
-    return _instructions(encoder, task) if add_instruction else ("", "")
+    return init_from_env(backend="gloo")
 
 
 def validate_args(args) -> None:
@@ -162,8 +117,8 @@ def validate_args(args) -> None:
 
 @cli_guard
 def main(argv: list[str] | None = None) -> int:
-    from .evaluate import (_check_hits, check_answers, dense_topk, positive_rows, query_ids, score_topk,
-                           subsample_label, subsample_rows)
+    from .evaluate import _check_hits, check_answers, evaluate, positive_rows, query_ids, subsample_label, subsample_rows
+    from .retriever import DenseRetriever, eval_instructions, eval_task
     from .mining import check_mining_args, mine_negatives, write_mined_sidecar
 
     from ..noise import quiet_third_party
@@ -207,13 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrieval_method == "bm25" and rank != 0:
         return 0  # BM25 runs on rank 0 only; the other torchrun ranks have nothing to do
 
-    # ---- retrieval ----
-    queries = [r["query"] for r in records]
+    # ---- retrieval: one Retriever, one evaluator (the trainer's evaluation and mining use the same) ----
     if args.retrieval_method == "bm25":
         from .bm25 import BM25Retriever
 
-        retriever = BM25Retriever(args.bm25_backend, k1=args.bm25_k1, b=args.bm25_b, cache_dir=cache).index(corpus)
-        scores, rows = retriever.search(queries, args.hits)
+        retriever = BM25Retriever(args.bm25_backend, k1=args.bm25_k1, b=args.bm25_b, cache_dir=cache)
         label = f"full(N={len(corpus)}, bm25={args.bm25_backend}, k1={args.bm25_k1}, b={args.bm25_b})"
         instructions = ("", "")
     else:
@@ -225,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = DenseEncoder.from_pretrained(model_dir, pooling_method=args.pooling_method,
                                                query_max_length=args.query_max_length,
                                                key_max_length=args.key_max_length)
-        instructions = _chosen_instructions(encoder, _task_of(records, args.task), args.add_instruction)
+        instructions = eval_instructions(eval_task(records, args.task), args.add_instruction, encoder.instructions)
         keep = None
         if args.corpus_subsample:
             keep = subsample_rows(len(corpus), [r for p in pos_rows for r in p], args.corpus_subsample, args.seed)
@@ -238,22 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:
             return 0
         params = IndexParams(nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
-        scores, rows = dense_topk(encoder, queries, corpus, args.hits, query_instruction=instructions[0],
-                                  key_instruction=instructions[1], batch_size=args.batch_size, rows_subset=keep,
-                                  cache_dir=cache, model_dir=model_dir, faiss_index=args.faiss_index,
-                                  index_params=params, key_embeddings=key_embeddings)
+        retriever = DenseRetriever(encoder, instructions[0], instructions[1], args.batch_size, cache, model_dir,
+                                   args.faiss_index, params, keep, key_embeddings)
+    result = evaluate(retriever, rf, corpus, eval_metrics, args.cutoffs, args.hits, label, pos_rows=pos_rows)
+    rows = result["rows"]
 
     # ---- outputs ----
     outputs, summary = {}, {"eval_data": str(rf.path), "corpus": label, "num_queries": len(records),
                             "retrieval_method": args.retrieval_method, "instructions": list(instructions)}
-    from .evaluate import doc_ids
-
-    docids = doc_ids(corpus)
-    run = {qid: {docids[r]: float(s) for s, r in zip(s_row, r_row) if r >= 0} for qid, s_row, r_row in zip(qids, scores, rows)}
     outputs["run"] = str(write_trec_run(derived_path(rf.path, "run", save_name, args.output_dir).with_suffix(".trec"),
-                                        run, tag=save_name))
+                                        result["run"], tag=save_name))
     if eval_metrics:
-        result = score_topk(rf, qids, pos_rows, corpus, scores, rows, eval_metrics, args.cutoffs, label)
         per_query_path = derived_path(rf.path, "metrics", save_name, args.output_dir).with_suffix(".jsonl")
         write_records(per_query_path, ({"query_id": q, **result["per_query"][q]} for q in qids))
         outputs["per_query_metrics"] = str(per_query_path)
@@ -273,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{stats.rows_without_negatives} rows without negatives)")
     summary_path = derived_path(rf.path, "eval", save_name, args.output_dir)
     summary.update(outputs=outputs, args=vars(args), argv=sys.argv if argv is None else list(argv),
-                   versions=_versions(), wall_time_s=round(time.time() - started, 2))
+                   versions=versions(), wall_time_s=round(time.time() - started, 2))
     write_json(summary_path, summary)
     print(f"wrote {summary_path}")
     return 0

@@ -20,8 +20,9 @@ import numpy as np
 
 from ..corpus import Corpus
 from ..errors import UserError
-from .dense import IndexParams, search
+from .dense import IndexParams
 from .metrics import check_metrics, evaluate_run
+from .retriever import DenseRetriever
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,18 @@ def subsample_rows(n_rows: int, keep: Sequence[int], n_other: int, seed: int) ->
     return np.sort(np.concatenate([keep, others]))
 
 
+def run_of(qids: list[str], corpus: Corpus, scores: np.ndarray, rows: np.ndarray) -> dict:
+    """``{qid: {docid: score}}`` from ranked corpus rows (row -1 = no result)."""
+    docids = doc_ids(corpus)
+    return {qid: {docids[r]: float(s) for s, r in zip(s_row, r_row) if r >= 0}
+            for qid, s_row, r_row in zip(qids, scores, rows)}
+
+
 def score_topk(records, qids: list[str], pos_rows: list[list[int]], corpus: Corpus, scores: np.ndarray,
                rows: np.ndarray, metrics: Sequence[str], cutoffs: Sequence[int], label: str) -> dict:
     """Metrics of ranked corpus rows per query, in the result format of this module."""
     docids = doc_ids(corpus)
-    run = {}
-    for qid, s_row, r_row in zip(qids, scores, rows):
-        run[qid] = {docids[r]: float(s) for s, r in zip(s_row, r_row) if r >= 0}
+    run = run_of(qids, corpus, scores, rows)
     qrels = {qid: {docids[r]: 1 for r in pos} for qid, pos in zip(qids, pos_rows)}
     answers = {qid: rec["answers"] for qid, rec in zip(qids, _records(records))} if "nq" in metrics else None
     docid_row = {d: i for i, d in enumerate(docids)}
@@ -120,6 +126,30 @@ def score_topk(records, qids: list[str], pos_rows: list[list[int]], corpus: Corp
                                     key_text=lambda d: corpus.texts[docid_row[d]])
     return {"metrics": means, "corpus": label, "num_queries": len(qids), "run": run, "per_query": per_query,
             "rows": rows, "scores": scores}
+
+
+def evaluate(retriever, records, corpus: Corpus, metrics: Sequence[str], cutoffs: Sequence[int], hits: int,
+             label: str, pos_rows: list[list[int]] | None = None) -> dict:
+    """The one evaluator: index ``corpus`` with any :class:`~.retriever.Retriever`, search every record's
+    query, and (when ``metrics`` are given) score the ranking. eval_retrieval, the trainer's evaluation and
+    mining all call it. Without metrics the result still holds the run, rows and scores (run files, mining).
+    """
+    metrics = list(metrics)
+    if metrics:
+        metrics, cutoffs = check_metrics(metrics, cutoffs)
+        _check_hits(hits, cutoffs)
+        check_answers(records, metrics)
+    qids = query_ids(records)
+    if pos_rows is None:
+        pos_rows = positive_rows(records, corpus) if any(m != "nq" for m in metrics) else [[] for _ in qids]
+    retriever.index(corpus)
+    scores, rows = retriever.search([r["query"] for r in _records(records)], hits)
+    if not metrics:
+        return {"metrics": {}, "corpus": label, "num_queries": len(qids), "run": run_of(qids, corpus, scores, rows),
+                "per_query": {}, "rows": rows, "scores": scores}
+    result = score_topk(records, qids, pos_rows, corpus, scores, rows, metrics, cutoffs, label)
+    logger.info("retrieval on %s: %s", label, _fmt(result["metrics"]))
+    return result
 
 
 def _check_hits(hits: int, cutoffs: Sequence[int]) -> None:
@@ -131,27 +161,10 @@ def dense_topk(encoder, queries: Sequence[str], corpus: Corpus, hits: int, query
                key_instruction: str = "", batch_size: int = 64, rows_subset: np.ndarray | None = None, cache_dir=None,
                model_dir=None, faiss_index: str = "flat", index_params: IndexParams | None = None,
                key_embeddings: np.ndarray | None = None, show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, corpus rows)`` of the top ``hits`` keys per query (restricted to ``rows_subset`` if given).
-
-    ``key_embeddings`` (vectors of every corpus row, e.g. merged by torchrun ranks) skips corpus encoding.
-    """
-    from .encode import encode_texts
-
-    if key_embeddings is not None:
-        if len(key_embeddings) != len(corpus):
-            raise ValueError(f"key_embeddings has {len(key_embeddings)} rows for a corpus of {len(corpus)}")
-        key_emb = key_embeddings if rows_subset is None else key_embeddings[rows_subset]
-    else:
-        texts = corpus.texts if rows_subset is None else [corpus.texts[r] for r in rows_subset]
-        ids = corpus.ids if rows_subset is None else [corpus.ids[r] for r in rows_subset]
-        key_emb = encode_texts(encoder, texts, side="key", instruction=key_instruction, batch_size=batch_size,
-                               cache_dir=cache_dir, model_dir=model_dir, ids=ids, show_progress=show_progress)
-    query_emb = encode_texts(encoder, list(queries), side="query", instruction=query_instruction,
-                             batch_size=batch_size, show_progress=show_progress)
-    scores, rows = search(query_emb, key_emb, hits, index=faiss_index, params=index_params)
-    if rows_subset is not None:
-        rows = np.where(rows >= 0, rows_subset[np.clip(rows, 0, None)], -1)
-    return scores, rows
+    """``(scores, corpus rows)`` of the top ``hits`` keys per query: a :class:`DenseRetriever` in one call."""
+    retriever = DenseRetriever(encoder, query_instruction, key_instruction, batch_size, cache_dir, model_dir,
+                               faiss_index, index_params, rows_subset, key_embeddings, show_progress)
+    return retriever.index(corpus).search(queries, hits)
 
 
 def subsample_label(corpus_subsample: int | None, seed: int, n_kept: int, n_rows: int) -> str:
@@ -171,39 +184,21 @@ def evaluate_dense(encoder, records, corpus: Corpus, metrics: Sequence[str], cut
     ``subsample(N=.., seed=..)``). ``cache_dir`` caches the corpus vectors (see :mod:`.encode`;
     ``model_dir`` fingerprints by the model's files instead of hashing its parameters).
     """
-    metrics, cutoffs = check_metrics(metrics, cutoffs)
-    _check_hits(hits, cutoffs)
-    check_answers(records, metrics)
-    qids = query_ids(records)
     pos_rows = positive_rows(records, corpus)
     keep = None
     if corpus_subsample:
         keep = subsample_rows(len(corpus), [r for rows in pos_rows for r in rows], corpus_subsample, seed)
     label = subsample_label(corpus_subsample, seed, len(keep) if keep is not None else len(corpus), len(corpus))
-    scores, rows = dense_topk(encoder, [r["query"] for r in _records(records)], corpus, hits,
-                              query_instruction=query_instruction, key_instruction=key_instruction,
-                              batch_size=batch_size, rows_subset=keep, cache_dir=cache_dir, model_dir=model_dir,
-                              faiss_index=faiss_index, index_params=index_params, key_embeddings=key_embeddings,
-                              show_progress=show_progress)
-    result = score_topk(records, qids, pos_rows, corpus, scores, rows, metrics, cutoffs, label)
-    logger.info("dense retrieval on %s: %s", label, _fmt(result["metrics"]))
-    return result
+    retriever = DenseRetriever(encoder, query_instruction, key_instruction, batch_size, cache_dir, model_dir,
+                               faiss_index, index_params, keep, key_embeddings, show_progress)
+    return evaluate(retriever, records, corpus, metrics, cutoffs, hits, label, pos_rows=pos_rows)
 
 
 def evaluate_bm25(retriever, records, corpus: Corpus, metrics: Sequence[str], cutoffs: Sequence[int],
                   hits: int = 100) -> dict:
     """BM25 on the same records and corpus (``retriever``: a :class:`.bm25.BM25Retriever`); no instructions."""
-    metrics, cutoffs = check_metrics(metrics, cutoffs)
-    _check_hits(hits, cutoffs)
-    check_answers(records, metrics)
-    qids = query_ids(records)
-    pos_rows = positive_rows(records, corpus)
-    retriever.index(corpus)
-    scores, rows = retriever.search([r["query"] for r in _records(records)], hits)
     label = f"full(N={len(corpus)}, bm25={retriever.backend})"
-    result = score_topk(records, qids, pos_rows, corpus, scores, rows, metrics, cutoffs, label)
-    logger.info("BM25 retrieval on %s: %s", label, _fmt(result["metrics"]))
-    return result
+    return evaluate(retriever, records, corpus, metrics, cutoffs, hits, label)
 
 
 def group_keys(records, corpus: Corpus | None) -> list[tuple[list[str], int]]:

@@ -161,7 +161,7 @@ def evaluate_run(run: Run, qrels: Qrels, metrics: Iterable[str], cutoffs: Iterab
 
 def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "llm-embedder") -> Path:
     """Write a run as a TREC run file (ranks 1.. in trec_eval's order), atomically."""
-    from ..schema import atomic_write
+    from ..io import atomic_write
 
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"run tag must be one word, got {tag!r}")

@@ -134,8 +134,9 @@ def write_mined_sidecar(mined_path: Path, source: Path, corpus: Corpus, key_temp
     """``{name}.neg.{save_name}.meta.json`` beside the mined file: the corpus its ``neg_index`` rows point at
     (so ``validate`` checks them and LM scoring finds the corpus without ``--corpus``), the source file, the
     retrieval settings and the mining counts."""
-    from ..convert.beir import portable_path
-    from ..schema import meta_path, write_json
+    from ..convert.sidecar import portable_path
+    from ..io import write_json
+    from ..paths import meta_path
 
     folder = Path(mined_path).parent
     meta = {"mined_from": portable_path(source, folder), "records": Path(mined_path).name,

@@ -80,7 +80,7 @@ def check_shards(metas: list[dict], paths: list[str]) -> None:
 
 
 def write_run(path: Path, qids: list[str], ids: list[str], scores: np.ndarray, rows: np.ndarray, fmt: str, tag: str) -> None:
-    from ..schema import atomic_write
+    from ..io import atomic_write
 
     def write(out):
         for qid, s_row, r_row in zip(qids, scores, rows):

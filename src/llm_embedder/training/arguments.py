@@ -52,6 +52,10 @@ class ModelArguments:
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     lora_target_modules: Optional[list[str]] = arg(None, "Module names LoRA adapts, space or comma separated "
                                                    "(default: peft's choice for the architecture, query/value for BERT).")
+    lora_adapter: Optional[str] = arg(None, "Resume LoRA training from a saved lora_adapter/ folder, on the base model "
+                                            "--model_name_or_path (the adapter's own rank, alpha and targets are used).")
+    load_in_4bit: bool = arg(False, "QLoRA: load the frozen base weights in 4 bit (NF4, bitsandbytes; needs a CUDA GPU and --lora).")
+    load_in_8bit: bool = arg(False, "QLoRA: load the frozen base weights in 8 bit (bitsandbytes; needs a CUDA GPU and --lora).")
     append_eos: Optional[bool] = arg(None, "End every query and key with the tokenizer's EOS token (for last-token pooling on "
                                      "decoders; default: the saved model's setting, else off).", tevatron=["--append_eos_token"], trove=["--append_eos"])
     tokenizer_name: Optional[str] = arg(None, "Tokenizer folder or name; must be the model's own (the tokenizer is saved with the model).")
@@ -62,6 +66,9 @@ class ModelArguments:
             self.lora_rank = TEVATRON_LORA_RANK
         if self.lora_rank < 0:
             raise UserError(f"--lora_rank: must be 0 (off) or positive, got {self.lora_rank}")
+        from ..modeling.quantization import quantization_config
+
+        quantization_config(self.load_in_4bit, self.load_in_8bit, self.lora_rank or bool(self.lora_adapter))  # refuses in one line, before any work
         if self.tokenizer_name is not None and self.tokenizer_name != self.model_name_or_path:
             raise UserError(f"--tokenizer_name: {self.tokenizer_name!r} differs from --model_name_or_path "
                             f"{self.model_name_or_path!r}; the encoder uses (and saves) its model's own tokenizer")
@@ -133,15 +140,20 @@ class RetrievalTrainingArguments(TrainingArguments):
     distill_loss: str = arg("kl", "Distillation when not stable: kl | margin_mse.")
     cos_temperature: float = arg(0.01, "τ in s(q,k) = <q,k>/τ, a loss setting (per task in --task_config); "
                                        "Tevatron's and FlagEmbedding's --temperature is the same τ.",
-                                 tevatron=["--temperature"])
+                                 tevatron=["--temperature"], trove=["--temperature"])
     teacher_temperature: float = arg(1.0, "T_t: softmax(teacher / T_t).")
     student_temperature: float = arg(1.0, "T_s: softmax(s(q,k) / T_s) in KL distillation.")
     inbatch_negatives: bool = arg(True, "Other queries' keys are negatives (contrastive and stable distillation).")
     negative_cross_device: bool = arg(True, "Gather keys from all processes as negatives (no effect in one process).",
                                       tevatron=["--negatives_x_device"], flagembedding=["--negatives_cross_device"])
-    grad_cache: bool = arg(False, f"GradCache on; chunk sizes from --grad_cache_chunk_size, else Tevatron's {TEVATRON_GC_CHUNKS[1]}.")
-    grad_cache_chunk_size: int = arg(0, "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; one process only). 0 = off.",
-                                     tevatron=["--gc_p_chunk_size", "--gc_q_chunk_size"])
+    grad_cache: bool = arg(False, "GradCache on; chunk sizes from --grad_cache_*chunk_size, else Tevatron's "
+                                   f"{TEVATRON_GC_CHUNKS[0]} (queries) / {TEVATRON_GC_CHUNKS[1]} (keys).")
+    grad_cache_chunk_size: int = arg(0, "GradCache: embed in chunks of N rows so a large batch fits in memory (same gradients; "
+                                        "works with DDP, DeepSpeed ZeRO-1/2 and --negative_cross_device). 0 = off.")
+    grad_cache_query_chunk_size: int = arg(0, "GradCache chunk size for queries; 0 = --grad_cache_chunk_size.",
+                                           tevatron=["--gc_q_chunk_size"])
+    grad_cache_key_chunk_size: int = arg(0, "GradCache chunk size for keys; 0 = --grad_cache_chunk_size.",
+                                         tevatron=["--gc_p_chunk_size"])
     remove_unused_columns: bool = arg(False, "Kept False: batches are built by our collator.")
     report_to: Optional[list[str]] = arg(help="Integrations to report to.", default_factory=lambda: ["none"])
     logging_steps: float = arg(100, "Log every N steps.")
@@ -161,14 +173,34 @@ class RetrievalTrainingArguments(TrainingArguments):
             # under torchrun without GPUs, accelerate wraps the model in DDP (gloo) only when told it runs on
             # CPU; otherwise every process would update its own copy with its own half of each batch
             self.use_cpu = True
-        if self.grad_cache and not self.grad_cache_chunk_size:
-            self.grad_cache_chunk_size = TEVATRON_GC_CHUNKS[1]
+        if self.grad_cache and not (self.grad_cache_chunk_size or self.grad_cache_query_chunk_size
+                                    or self.grad_cache_key_chunk_size):
+            self.grad_cache_query_chunk_size, self.grad_cache_key_chunk_size = TEVATRON_GC_CHUNKS
+        # argument checks before TrainingArguments' own set-up, which configures accelerate / DeepSpeed
+        # process-wide (environment variables, a global DeepSpeed config) that a refused run must not leave behind
+        for name in ("grad_cache_chunk_size", "grad_cache_query_chunk_size", "grad_cache_key_chunk_size"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name}: must be 0 (off / use --grad_cache_chunk_size) or a positive row count, "
+                                f"got {getattr(self, name)}")
+        grad_cache = self.grad_cache_chunk_size or self.grad_cache_query_chunk_size or self.grad_cache_key_chunk_size
+        if grad_cache and self.deepspeed and _zero_stage(self.deepspeed) == 3:
+            raise UserError("--grad_cache_chunk_size: GradCache runs with DDP and DeepSpeed ZeRO-1/2, not ZeRO-3 "
+                            "(its parameter shards are gathered per forward); use a stage 1/2 config")
         super().__post_init__()
-        if self.grad_cache_chunk_size < 0:
-            raise UserError(f"--grad_cache_chunk_size: must be 0 (off) or a positive row count, got {self.grad_cache_chunk_size}")
-        if self.grad_cache_chunk_size and self.world_size > 1:
-            raise UserError("--grad_cache_chunk_size: GradCache runs in one process only (DDP would sync every chunk); "
-                            "use --negative_cross_device for large batches over several processes")
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a ``--deepspeed`` config (a JSON file or a dict), read without initialising DeepSpeed."""
+    import json
+
+    config = deepspeed
+    if not isinstance(config, dict):
+        try:
+            config = json.loads(open(config, encoding="utf-8").read())
+        except (OSError, ValueError) as err:
+            raise UserError(f"--deepspeed: cannot read {deepspeed}: {err}") from None
+    stage = config.get("zero_optimization", {}).get("stage")
+    return int(stage) if isinstance(stage, (int, str)) and str(stage).isdigit() else None
 
 
 def _cuda_available() -> bool:

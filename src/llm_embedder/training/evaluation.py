@@ -1,7 +1,8 @@
 """Retrieval evaluation during training: encode the corpus, search it, compute metrics.
 
 Built once from ``--eval_data``/``--corpus`` (validated before training starts) and called by the
-trainer at ``eval_steps`` and at the end. Three modes, each labelled in every output: the full corpus,
+trainer at ``eval_steps`` and at the end. It calls the same evaluator as ``eval_retrieval``
+(:func:`llm_embedder.retrieval.evaluate.evaluate`) with the same choice of instructions for the eval task. Three modes, each labelled in every output: the full corpus,
 a seeded corpus subsample (all positives plus N other rows), or each query's own candidate group.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from ..corpus import Corpus
 from ..schema import RecordFile
-from ..tasks import get_task
+from ..retrieval.retriever import eval_instructions
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RetrievalEvaluator:
     corpus_subsample: int | None = None
     on_groups: bool = False
     seed: int = 0
+    instruction_table: dict | None = None  # {task: (query, key)} the run trains with; None: the task registry's
 
     @property
     def mode(self) -> str:
@@ -35,16 +37,17 @@ class RetrievalEvaluator:
             return f"subsample(N={self.corpus_subsample}, seed={self.seed})"
         return "full"
 
-    def instructions(self) -> tuple[str, str]:
-        if not self.add_instruction:
-            return "", ""
-        recipe = get_task(self.task)
-        return recipe.query_instruction, recipe.key_instruction
+    def instructions(self, encoder=None) -> tuple[str, str]:
+        """The run's own instructions for the eval task where it trains with them (``instruction_table``), else
+        the eval task's, chosen as eval_retrieval chooses them (retriever.eval_instructions)."""
+        if self.add_instruction and self.instruction_table and self.task in self.instruction_table:
+            return tuple(self.instruction_table[self.task])
+        return eval_instructions(self.task, self.add_instruction, getattr(encoder, "instructions", None))
 
     def __call__(self, encoder) -> dict:
         from ..retrieval.evaluate import evaluate_dense, evaluate_groups
 
-        query_instruction, key_instruction = self.instructions()
+        query_instruction, key_instruction = self.instructions(encoder)
         if self.on_groups:
             result = evaluate_groups(encoder, self.records, self.corpus, self.metrics, self.cutoffs,
                                      query_instruction=query_instruction, key_instruction=key_instruction,

@@ -146,30 +146,21 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
     return corpus, train_dataset, eval_file, eval_corpus
 
 
-def apply_prefixes(model_args: ModelArguments, tasks) -> None:
-    """Tevatron's ``--query_prefix`` / ``--passage_prefix``: the instructions of every task, turned on."""
-    import dataclasses
-
-    from ..tasks import get_task, register_task
-
-    if not (model_args.query_prefix or model_args.passage_prefix):
-        return
-    for task in tasks:
-        recipe = get_task(task)
-        register_task(dataclasses.replace(
-            recipe, query_instruction=recipe.query_instruction if model_args.query_prefix is None else model_args.query_prefix,
-            key_instruction=recipe.key_instruction if model_args.passage_prefix is None else model_args.passage_prefix),
-            overwrite=True)
-    model_args.add_instruction = True
-
-
-def task_instructions(tasks: list[str], add_instruction: bool) -> dict[str, tuple[str, str]]:
-    """{task: (query instruction, key instruction)} stored with the saved model (empty without --add_instruction)."""
+def task_instructions(tasks: list[str], model_args: ModelArguments) -> dict[str, tuple[str, str]]:
+    """{task: (query instruction, key instruction)} used in training and stored with the saved model: the
+    registry's with ``--add_instruction``, replaced by Tevatron's ``--query_prefix`` / ``--passage_prefix``
+    where given (which turn instructions on); empty otherwise. The task registry itself is not changed."""
     from ..tasks import get_task
 
-    if not add_instruction:
+    query_prefix, key_prefix = model_args.query_prefix, model_args.passage_prefix
+    if not (model_args.add_instruction or query_prefix or key_prefix):
         return {}
-    return {t: (get_task(t).query_instruction, get_task(t).key_instruction) for t in tasks}
+    table = {}
+    for t in tasks:
+        recipe = get_task(t)
+        table[t] = (recipe.query_instruction if query_prefix is None else query_prefix,
+                    recipe.key_instruction if key_prefix is None else key_prefix)
+    return table
 
 
 def resolved_recipes(train_dataset) -> dict:
@@ -185,18 +176,12 @@ def _public(values: dict) -> dict:
 
 def run_info(model_args, data_args, training_args) -> dict:
     """Arguments and library versions recorded next to every output."""
-    import platform
-
-    import torch
-    import transformers
-
-    from .. import __version__
+    from ..runinfo import versions
 
     return {
         "args": {"model": _public(vars(model_args)), "data": _public(vars(data_args)), "training": training_args.to_dict()},
         "explicit_args": sorted(getattr(training_args, "explicit_args", ()) or ()),
-        "versions": {"llm_embedder": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
     }
 
 
@@ -204,10 +189,16 @@ def build_trainer(model_args, data_args, training_args):
     """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
     from ..data.collator import EmbedderCollator
     from ..modeling.encoder import DenseEncoder
+    from ..modeling.quantization import quantization_config
+    from ..retrieval.retriever import eval_task
     from .evaluation import RetrievalEvaluator
     from .trainer import EmbedderTrainer
 
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
+    if training_args.deepspeed:
+        from ..distributed import init_deepspeed_comm
+
+        init_deepspeed_comm()  # before from_pretrained: ZeRO-3 partitions the weights while loading them
     from ..resources import resolve_encoder
 
     encoder = DenseEncoder.from_pretrained(
@@ -217,24 +208,29 @@ def build_trainer(model_args, data_args, training_args):
         projection_out_dim=model_args.projection_out_dim, lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
         lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
+        quantization_config=quantization_config(model_args.load_in_4bit, model_args.load_in_8bit,
+                                                model_args.lora_rank or bool(model_args.lora_adapter)),
+        lora_adapter=model_args.lora_adapter,
     )
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
         tasks |= {eval_file.records[0].get("task", data_args.default_task)}
-    apply_prefixes(model_args, sorted(tasks))
+    instructions = task_instructions(sorted(tasks), model_args)
     evaluator = None
     if eval_file is not None:
         evaluator = RetrievalEvaluator(
-            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_file.records[0].get("task", data_args.default_task),
-            add_instruction=model_args.add_instruction, hits=data_args.hits,
+            eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_task(eval_file.records, None, data_args.default_task),
+            add_instruction=bool(instructions), instruction_table=instructions, hits=data_args.hits,
             batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
             on_groups=data_args.eval_on_groups, seed=training_args.seed)
     trainer = EmbedderTrainer(
         model=encoder, args=training_args, train_dataset=train_dataset,
-        data_collator=EmbedderCollator(encoder, add_instruction=model_args.add_instruction, tasks=sorted(tasks),
-                                       default_task=data_args.default_task),
+        # HF refuses --eval_strategy steps/epoch without an eval_dataset; our evaluate() reads the evaluator
+        eval_dataset=eval_file.records if eval_file is not None else None,
+        data_collator=EmbedderCollator(encoder, add_instruction=bool(instructions), instructions=instructions or None,
+                                       tasks=sorted(tasks), default_task=data_args.default_task),
         evaluator=evaluator, sampler_mode=data_args.inbatch_same_dataset, dataset_weights=data_args.dataset_weights,
-        instructions=task_instructions(sorted(tasks), model_args.add_instruction),
+        instructions=instructions,
         run_info={**run_info(model_args, data_args, training_args), "recipes": resolved_recipes(train_dataset)},
     )
     return trainer
@@ -251,7 +247,7 @@ def main(argv=None) -> dict:
                         if training_args.process_index == 0 else logging.WARNING)
     train, evaluate = phases(data_args, training_args)
     trainer = build_trainer(model_args, data_args, training_args)
-    from ..schema import write_json
+    from ..io import write_json
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / "run_args.json", trainer.run_info)

@@ -11,6 +11,7 @@ What it changes in ``Trainer`` and why:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,16 +22,48 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from ..distributed import all_reduce_sum, broadcast_json
 from ..errors import UserError
 from ..loss_settings import LOSS_SETTINGS
+from ..modeling.grad_cache import replay_through
 from ..modeling.losses import LossParams
-from ..schema import write_json
+from ..io import write_json
 from .model import EmbedderModel, task_losses
 from .train_log import TrainLogCallback
 
 TRAINING_STATE = "llm_embedder_training_state.safetensors"
 logger = logging.getLogger(__name__)
+
+
+def grad_cache_chunk_sizes(args) -> tuple[int, int]:
+    """(query, key) GradCache chunk sizes: the specific options, each falling back to --grad_cache_chunk_size."""
+    common = getattr(args, "grad_cache_chunk_size", 0) or 0
+    query = getattr(args, "grad_cache_query_chunk_size", 0) or common
+    key = getattr(args, "grad_cache_key_chunk_size", 0) or common
+    if bool(query) != bool(key):  # one side chunked, the other whole: a key chunk the size of the batch
+        query, key = query or key, key or query
+    return query, key
+
+
+@contextlib.contextmanager
+def consolidated_weights(model: torch.nn.Module, state_dict: dict | None):
+    """Within the block, ``model``'s parameters hold the full tensors of ``state_dict`` (a ZeRO-3
+    consolidated state dict, keyed like ``model.state_dict()``); their shards are put back afterwards."""
+    if not state_dict:
+        yield
+        return
+    swapped = []
+    for name, param in model.named_parameters():
+        if name in state_dict:
+            swapped.append((param, param.data))
+            param.data = state_dict[name].to(param.device)
+    try:
+        yield
+    finally:
+        for param, data in swapped:
+            param.data = data
 
 
 class _EpochAwareLoader(DataLoader):
@@ -81,8 +114,9 @@ class EmbedderTrainer(Trainer):
         if model is not None and not isinstance(model, EmbedderModel):
             recipes = getattr(kwargs.get("train_dataset"), "recipes", None) or []
             check_loss_args_reach_recipes(args, recipes)
+            query_chunk, key_chunk = grad_cache_chunk_sizes(args)
             model = EmbedderModel(model, loss_params_from_args(args), task_losses(recipes, args.negative_cross_device),
-                                  grad_cache_chunk_size=getattr(args, "grad_cache_chunk_size", 0))
+                                  grad_cache_chunk_size=query_chunk, grad_cache_key_chunk_size=key_chunk)
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(TrainLogCallback())  # train_log.jsonl: per-task losses at every logging step
         self.evaluator = evaluator
@@ -127,6 +161,20 @@ class EmbedderTrainer(Trainer):
         )
 
     # ---- loss -------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Hugging Face's step; with GradCache under DDP its last replayed chunks go through the wrapper
+        (one gradient all-reduce per step, see ``modeling.grad_cache.replay_through``)."""
+        inner = self.accelerator.unwrap_model(model)
+        with replay_through(model, inner) if getattr(inner, "grad_cache_chunk_size", 0) else contextlib.nullcontext():
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def _prepare_input(self, data):
+        """As Trainer's, except that under DeepSpeed fp16/bf16 float inputs (teacher scores) are not cast to
+        half precision: the loss upcasts them, and quantising them first would lose what it keeps."""
+        if isinstance(data, torch.Tensor) and torch.is_floating_point(data):
+            return data.to(self.args.device)
+        return super()._prepare_input(data)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         task = inputs.get("task", "qa")
@@ -150,10 +198,9 @@ class EmbedderTrainer(Trainer):
             names = sorted((task, name) for task, sums in self._task_loss_sums.items() for name in sums)
             totals = torch.tensor([self._task_loss_sums[t][n] for t, n in names], dtype=torch.float64)
             steps = torch.tensor([float(self._task_steps[t]) for t, _ in names], dtype=torch.float64)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # every rank ran the same tasks (global batches are task-homogeneous), so the keys agree
-                torch.distributed.all_reduce(totals)
-                torch.distributed.all_reduce(steps)
+            # every rank ran the same tasks (global batches are task-homogeneous), so the keys agree; the
+            # sums travel on the process group's device (NCCL rejects CPU tensors)
+            totals, steps = all_reduce_sum(totals), all_reduce_sum(steps)
             for (task, name), total, count in zip(names, totals.tolist(), steps.tolist()):
                 logs[f"{name}_{task}"] = round(total / count, 4)
             loss_rows = [i for i, (_, name) in enumerate(names) if name == "loss"]
@@ -170,10 +217,12 @@ class EmbedderTrainer(Trainer):
         was_training = model.training
         start = time.time()
         metrics = {}
-        if self.args.process_index == 0:
+        # Under ZeRO-3 every forward gathers parameter shards from all ranks, so every rank runs the same
+        # evaluation (same batches, same collectives); otherwise rank 0 evaluates alone, without collectives.
+        if self.args.process_index == 0 or is_deepspeed_zero3_enabled():
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(model.encoder).items()}
             metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
-        metrics = _broadcast_json(metrics)
+        metrics = broadcast_json(metrics)
         model.train(was_training)
         mode = getattr(self.evaluator, "mode", "full")
         self.log(metrics)
@@ -199,14 +248,21 @@ class EmbedderTrainer(Trainer):
             self._saving_checkpoint = False
 
     def _save(self, output_dir=None, state_dict=None):
+        """Write the model directory (and, in checkpoints, the raw training state).
+
+        Under DeepSpeed ZeRO-3 the parameters of ``self.model`` are shards; Trainer passes the consolidated
+        ``state_dict`` (gathered on every rank by ``save_model``, with ``stage3_gather_16bit_weights_on_model_save``)
+        and the full tensors are swapped in while the directory is written.
+        """
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        model.encoder.save_pretrained(output_dir, instructions=self.instructions)
-        if self._saving_checkpoint:
-            from safetensors.torch import save_model
+        with consolidated_weights(model, state_dict if is_deepspeed_zero3_enabled() else None):
+            model.encoder.save_pretrained(output_dir, instructions=self.instructions)
+            if self._saving_checkpoint:
+                from safetensors.torch import save_model
 
-            save_model(model, os.path.join(output_dir, TRAINING_STATE))
+                save_model(model, os.path.join(output_dir, TRAINING_STATE))
         write_json(Path(output_dir) / "training_args.json", self.args.to_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -222,16 +278,3 @@ class EmbedderTrainer(Trainer):
     def _load_best_model(self):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
-
-def _broadcast_json(obj: dict) -> dict:
-    """Send rank 0's JSON-able dict to every rank (as bytes, no pickle)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return obj
-    payload = json.dumps(obj).encode() if torch.distributed.get_rank() == 0 else b""
-    size = torch.tensor([len(payload)], dtype=torch.long)
-    torch.distributed.broadcast(size, 0)
-    data = torch.zeros(int(size.item()), dtype=torch.uint8)
-    if torch.distributed.get_rank() == 0:
-        data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    torch.distributed.broadcast(data, 0)
-    return json.loads(bytes(data.tolist()).decode())

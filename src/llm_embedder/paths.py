@@ -1,0 +1,54 @@
+"""Derived file names: the reference's ``{name}.{kind}.{save_name}.json`` and the ``.meta.json`` sidecar.
+
+``derived_path("train.json", "neg", "bm25")`` is where mining writes, ``meta_path`` the sidecar that
+describes a records file (its corpus, how it was made), ``sidecar_corpus`` the corpus a file points at.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import UserError
+from .resources import resolve_data_path
+
+
+def _stem(source: Path) -> str:
+    return source.name[: -len(".json")] if source.name.endswith(".json") else source.stem
+
+
+def derived_path(source: str | os.PathLike, kind: str, save_name: str, output_dir: str | os.PathLike | None = None) -> Path:
+    """The reference's naming for derived files: ``{name}.{kind}.{save_name}.json`` next to ``source``.
+
+    ``derived_path("train.json", "neg", "bm25")`` → ``train.neg.bm25.json``;
+    ``derived_path("train.neg.bm25.json", "scored", "smollm2")`` → ``train.neg.bm25.scored.smollm2.json``.
+    """
+    source = resolve_data_path(source)
+    folder = Path(output_dir) if output_dir else source.parent
+    return folder / f"{_stem(source)}.{kind}.{save_name}.json"
+
+
+def meta_path(source: str | os.PathLike) -> Path:
+    """The sidecar that describes a records file: ``train.json`` → ``train.meta.json``."""
+    source = resolve_data_path(source)
+    return source.parent / f"{_stem(source)}.meta.json"
+
+
+def sidecar_corpus(source: str | os.PathLike) -> Path | None:
+    """The corpus a records file points at, as recorded in its sidecar (``{"corpus": path}``), or None.
+
+    A relative path in the sidecar is relative to the sidecar's folder.
+    """
+    meta = meta_path(source)
+    if not meta.is_file():
+        return None
+    try:
+        corpus = json.loads(meta.read_text(encoding="utf-8")).get("corpus")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"{meta}: not a JSON object ({err})") from None
+    if corpus is None:
+        return None
+    if not isinstance(corpus, str):
+        raise UserError(f"{meta}: corpus: must be a path string")
+    path = resolve_data_path(corpus)
+    return path if path.is_absolute() else meta.parent / path
