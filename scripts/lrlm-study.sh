@@ -26,7 +26,7 @@ N_REL=${N_REL:-32}                              # train targets of the any-chunk
 # LM scoring is the long pole (~250 tokens per pair, (1 + N_CAND) pairs per target): score the first
 # SCORE_<SPLIT> targets of each built file (empty = all of them)
 SCORE_TRAIN=${SCORE_TRAIN:-72}; SCORE_VALID=${SCORE_VALID:-8}; SCORE_TEST=${SCORE_TEST:-32}; SCORE_REL=${SCORE_REL:-16}
-SEEDS=${SEEDS:-"1"}                           # training seeds per recipe
+SEEDS=${SEEDS:-"1 2 3"}                         # training seeds per recipe
 EPOCHS=${EPOCHS:-1}; BATCH=${BATCH:-8}; LR=${LR:-5e-5}
 RECIPES=${RECIPES:-"contrastive kl stable contrastive_kl"}
 TEACHER_T=${TEACHER_T:-0.02}                    # teacher temperature of the distillation recipes (scores: nats/token)

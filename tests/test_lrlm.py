@@ -261,7 +261,7 @@ def test_report_chooses_the_recipe_on_valid_and_never_on_test(tmp_path):
     for split in ("valid", "test"):
         for label, base in (("none", 3.0), ("random", 2.9), ("bm25", 2.8), ("dense:minilm", 2.85), ("privileged", 2.6)):
             rows(split, label, [base + 0.01 * i for i in range(10)])
-    # kl wins on valid, contrastive on test: the report must pick kl
+    # kl wins on valid, contrastive (a baseline, never chosen) on test: the report must pick kl
     for seed in (1, 2):
         rows("valid", f"dense:kl-s{seed}", [2.70] * 10)
         rows("valid", f"dense:contrastive-s{seed}", [2.75] * 10)
@@ -303,3 +303,10 @@ def test_smollm2_scores_by_ids_equal_the_decoded_text_and_none_is_plain_perplexi
                 assert sum(res[keys]) / len(res[keys]) == pytest.approx(ref, abs=1e-4)
                 checked += 1
     assert checked >= 2
+
+
+def test_bm25_ranks_a_query_without_words_in_file_order():
+    from llm_embedder.lrlm.lexical import bm25_rank
+
+    assert bm25_rank(")) ]", ["def a(): pass", "x = (1, 2)", "class B: pass"]) == [0, 1, 2]
+    assert bm25_rank("parse_args", ["x = 1", "def parse_args(): pass"]) == [1, 0]

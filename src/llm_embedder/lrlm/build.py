@@ -131,10 +131,10 @@ def _uses(name: str, text: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(name)}\b", text) is not None
 
 
-def _privileged(src: SourceFile, cands: list[tuple[int, int]], region_end: int, target_text: str, decode) -> tuple[int, str] | None:
+def _privileged(src: SourceFile, cands: list[tuple[int, int]], region_end: int, target_text: str) -> tuple[int, str] | None:
     """(candidate index, name) of the definition a defref target uses, or None."""
     best = None
-    for name, start, end in src.defs:
+    for name, start, _ in src.defs:
         if start >= region_end or name.startswith("__") or len(name) < 3 or not _uses(name, target_text):
             continue
         holder = next((i for i, (s, e) in enumerate(cands) if s <= start < e), None)
@@ -182,7 +182,7 @@ def targets_of(src: SourceFile, params: BuildParams, decode) -> list[dict]:
             continue
         answer_ids = chunk_ids(t)
         answer_text = decode(answer_ids)
-        priv = _privileged(src, cands, region_end, answer_text, decode) if params.targets == "defref" else None
+        priv = _privileged(src, cands, region_end, answer_text) if params.targets == "defref" else None
         if params.targets == "defref" and priv is None:
             continue
         query_ids = chunk_ids(t - 1)

@@ -17,6 +17,8 @@ def bm25_scores(query: str, docs: Sequence[str], k1: float = 0.9, b: float = 0.4
     retriever = bm25s.BM25(k1=k1, b=b)
     retriever.index(corpus_tokens, show_progress=False)
     q = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+    if not q:  # a query of stop words and punctuation only (e.g. a chunk of brackets): nothing matches
+        return np.zeros(len(docs), dtype=np.float64)
     return np.asarray(retriever.get_scores(q), dtype=np.float64)
 
 

@@ -21,6 +21,8 @@ from . import metrics
 from ..argparsing import ArgParser
 
 BASELINES = ("none", "random", "bm25", "dense:minilm")
+HARD_LABEL = "contrastive"  # contrastive on the teacher's top-1: a baseline, never the chosen distilled recipe
+ORDER = ("kl", "stable", "contrastive_kl")  # tie-break on valid (the order of the study script's RECIPES)
 TRAINED = re.compile(r"^dense:(?P<recipe>.+)-s(?P<seed>\d+)$")
 
 
@@ -49,7 +51,13 @@ def study(out: Path, k: int = 1) -> dict:
     valid_recipes, test_recipes = _by_recipe(valid), _by_recipe(test)
     if not test_recipes:
         raise SystemExit(f"{out}/eval-test has no trained rows (dense:<recipe>-s<seed>)")
-    chosen = min(valid_recipes, key=lambda r: np.mean([np.mean(v) for v in valid_recipes[r].values()]))
+    valid_mean = {r: float(np.mean([np.mean(v) for v in s.values()])) for r, s in valid_recipes.items()}
+    distilled = [r for r in valid_mean if r != HARD_LABEL]
+    if not distilled:
+        raise SystemExit(f"{out}/eval-valid has no distillation recipe rows")
+    rank = lambda r: (valid_mean[r], ORDER.index(r) if r in ORDER else len(ORDER), r)  # noqa: E731
+    chosen = min(distilled, key=rank)
+    tied = sorted(r for r in distilled if abs(valid_mean[r] - valid_mean[chosen]) < 1e-9)
     table = {}
     for label in [b for b in BASELINES if b in test] + ["privileged", "oracle"]:
         if label in test:
@@ -67,10 +75,12 @@ def study(out: Path, k: int = 1) -> dict:
         baselines["trained:contrastive"] = list(np.mean(list(contrastive.values()), axis=0))
     best = min(baselines, key=lambda b: np.mean(baselines[b]))
     chosen_nll = list(np.mean(list(test_recipes[chosen].values()), axis=0))
-    result = {"k": k, "chosen_recipe_on_valid": chosen, "rows": table, "best_baseline": best,
+    result = {"k": k, "chosen_recipe_on_valid": chosen, "tied_on_valid": tied, "rows": table, "best_baseline": best,
+              "each_recipe_vs_best_baseline": {r: metrics.paired(list(np.mean(list(s.values()), axis=0)), baselines[best])
+                                               for r, s in sorted(test_recipes.items()) if r != HARD_LABEL},
               "chosen_vs_best_baseline": metrics.paired(chosen_nll, baselines[best]),
               "chosen_per_seed_vs_best_baseline": {s: metrics.paired(v, baselines[best]) for s, v in test_recipes[chosen].items()},
-              "valid_mean_nll": {r: float(np.mean([np.mean(v) for v in s.values()])) for r, s in valid_recipes.items()}}
+              "valid_mean_nll": valid_mean}
     if "privileged" in test:
         gap = np.mean(baselines[best]) - np.mean(test["privileged"])
         result["share_of_gap_to_definition_recovered"] = float((np.mean(baselines[best]) - np.mean(chosen_nll)) / gap) if gap else None
@@ -85,9 +95,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | {s['ppl']:.3f} | {s['mean_nll']:.4f} | {spread} |")
     c = result["chosen_vs_best_baseline"]
     lines.append("")
-    lines.append(f"Chosen on valid: `{result['chosen_recipe_on_valid']}`; vs best baseline `{result['best_baseline']}`: "
+    tie = f" (tied on valid with {', '.join(t for t in result['tied_on_valid'] if t != result['chosen_recipe_on_valid'])})" \
+        if len(result.get("tied_on_valid", [])) > 1 else ""
+    lines.append(f"Chosen on valid: `{result['chosen_recipe_on_valid']}`{tie}; vs best baseline `{result['best_baseline']}`: "
                  f"{c['mean_gain_nats']:+.4f} nats/token, paired 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
                  f"({c['wins']} wins / {c['losses']} losses of {c['targets']}).")
+    for r, c in result.get("each_recipe_vs_best_baseline", {}).items():
+        lines.append(f"- `{r}` vs `{result['best_baseline']}`: {c['mean_gain_nats']:+.4f} nats/token, "
+                     f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
     if result.get("share_of_gap_to_definition_recovered") is not None:
         lines.append(f"Share of the gap between `{result['best_baseline']}` and the definition's chunk recovered: "
                      f"{result['share_of_gap_to_definition_recovered']:.2f}.")
