@@ -34,21 +34,32 @@ def meta_path(source: str | os.PathLike) -> Path:
     return source.parent / f"{_stem(source)}.meta.json"
 
 
+def sidecar_string(source: str | os.PathLike, name: str, what: str = "a string") -> str | None:
+    """Field ``name`` of a records file's ``.meta.json`` sidecar (a string), or None without sidecar or field."""
+    meta = meta_path(source)
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8")).get(name)
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"{meta}: not a JSON object ({err})") from None
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{meta}: {name}: must be {what}")
+    return value
+
+
 def sidecar_corpus(source: str | os.PathLike) -> Path | None:
     """The corpus a records file points at, as recorded in its sidecar (``{"corpus": path}``), or None.
 
     A relative path in the sidecar is relative to the sidecar's folder.
     """
-    meta = meta_path(source)
-    if not meta.is_file():
-        return None
-    try:
-        corpus = json.loads(meta.read_text(encoding="utf-8")).get("corpus")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise UserError(f"{meta}: not a JSON object ({err})") from None
+    corpus = sidecar_string(source, "corpus", "a path string")
     if corpus is None:
         return None
-    if not isinstance(corpus, str):
-        raise UserError(f"{meta}: corpus: must be a path string")
     path = resolve_data_path(corpus)
-    return path if path.is_absolute() else meta.parent / path
+    return path if path.is_absolute() else meta_path(source).parent / path
+
+
+def sidecar_key_template(source: str | os.PathLike) -> str | None:
+    """The ``key_template`` a records file's sidecar records (mining writes one), or None."""
+    return sidecar_string(source, "key_template")

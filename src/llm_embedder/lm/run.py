@@ -22,6 +22,7 @@ from ..runinfo import versions
 from ..corpus import load_corpus
 from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
+from ..paths import sidecar_key_template
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
 from .api import ANSWER_POLICIES, teacher_scores_from_pairs as aggregate
@@ -107,20 +108,6 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
         "world_size": world_size, "seconds": round(seconds, 2),
         "versions": versions(),
     }
-
-
-def sidecar_key_template(source) -> str | None:
-    """The ``key_template`` a records file's ``.meta.json`` sidecar records (mining writes one), or None."""
-    meta = meta_path(source)
-    if not meta.is_file():
-        return None
-    try:
-        value = json.loads(meta.read_text(encoding="utf-8")).get("key_template")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise UserError(f"{meta}: not a JSON object ({err})") from None
-    if value is not None and not isinstance(value, str):
-        raise UserError(f"{meta}: key_template: must be a string")
-    return value
 
 
 def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_info: dict, rank: int,
