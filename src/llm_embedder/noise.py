@@ -5,7 +5,8 @@ What is hidden (and why it is noise for a user of this tool):
 * ``datasets``: ``JAX version ... available`` at INFO (datasets is imported by transformers' Trainer);
 * DeepSpeed: ``Setting accelerator to CPU ...`` (its own stdout handler, printed on every CPU start);
 * ``faiss.loader``: the INFO lines, including a ``ModuleNotFoundError`` for each CPU flavour it probes;
-* transformers' tokenizer advice (``You're using a BertTokenizerFast tokenizer ...``), given per process.
+* transformers' tokenizer advice (``You're using a BertTokenizerFast tokenizer ...``), given per process;
+* JAX's ``Unable to initialize backend 'tpu'`` probe line (the JAX trainer, on machines without a TPU).
 
 Warnings and errors of these libraries still show, except DeepSpeed's accelerator line. ``--verbose`` (or
 ``LLM_EMBEDDER_VERBOSE=1``) leaves every library at its own settings. Call :func:`quiet_third_party` at
@@ -24,6 +25,7 @@ QUIET_LEVELS = {
     "faiss": logging.WARNING,
     "faiss.loader": logging.WARNING,
     "transformers.tokenization_utils_base": logging.ERROR,
+    "jax._src.xla_bridge": logging.WARNING,  # "Unable to initialize backend 'tpu'" on every CPU/GPU start
 }
 # logger -> message fragments dropped below ERROR (loggers with their own handlers, e.g. DeepSpeed's)
 DROPPED_MESSAGES = {"DeepSpeed": ("Setting accelerator to", "Setting ds_accelerator to")}

@@ -200,7 +200,10 @@ def train_loop(run: Run, stop_after: int | None = None) -> tuple[dict, dict]:
 
 @cli_guard
 def main(argv=None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from ..noise import pop_verbose, quiet_third_party
+
+    argv, verbose = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party(verbose)
     if argv[:1] == ["--encode"]:
         from .encode import main as encode_main
 
