@@ -25,7 +25,7 @@ N_TRAIN=${N_TRAIN:-120}; N_VALID=${N_VALID:-30}; N_TEST=${N_TEST:-64}
 N_REL=${N_REL:-32}                              # train targets of the any-chunk setting (reliability table only)
 # LM scoring is the long pole (~250 tokens per pair, (1 + N_CAND) pairs per target): score the first
 # SCORE_<SPLIT> targets of each built file (empty = all of them)
-SCORE_TRAIN=${SCORE_TRAIN:-72}; SCORE_VALID=${SCORE_VALID:-8}; SCORE_TEST=${SCORE_TEST:-32}; SCORE_REL=${SCORE_REL:-16}
+SCORE_TRAIN=${SCORE_TRAIN:-72}; SCORE_VALID=${SCORE_VALID:-8}; SCORE_TEST=${SCORE_TEST:-64}; SCORE_REL=${SCORE_REL:-16}
 SEEDS=${SEEDS:-"1 2 3"}                         # training seeds per recipe
 EPOCHS=${EPOCHS:-1}; BATCH=${BATCH:-8}; LR=${LR:-5e-5}
 RECIPES=${RECIPES:-"contrastive kl stable contrastive_kl"}
