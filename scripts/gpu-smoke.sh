@@ -9,9 +9,14 @@
 #   bash scripts/gpu-smoke.sh            # or: OUT=runs/gpu-smoke NGPU=2 bash scripts/gpu-smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-.venv/bin/python}  # the project's venv (scripts/setup.sh), as the other scripts
+[[ -x $PY ]] || PY=python
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "gpu-smoke: $PY cannot import torch; run bash scripts/setup.sh first (or set PYTHON)" >&2
+  exit 2
+fi
 if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() and torch.cuda.device_count() > 0 else 1)"; then
   echo "gpu-smoke: no CUDA GPU visible (torch.cuda.is_available() is False); this script needs at least one GPU" >&2
   exit 2
