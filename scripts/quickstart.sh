@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart (README's first command): install, then fine-tune MiniLM on SciFact train and print SciFact
 # test nDCG@10 / R@100 before and after. Negatives are drawn at random from the corpus (hard-negative
-# mining is scripts/3iter-scifact.sh). About 24 minutes on 2 idle CPU cores (two full-corpus
+# mining is scripts/3iter-scifact.sh). 9 to 24 minutes on 2 idle CPU cores (two full-corpus
 # encodings of ~5 min, 25 training steps of ~28 s; docs/results.md).
 # Override sizes with env vars, e.g. QUICKSTART_EPOCHS=2 OUT=runs/qs2 bash scripts/quickstart.sh
 set -euo pipefail
