@@ -52,9 +52,15 @@ def test_report_into_a_closed_pipe_ends_quietly(tmp_path):
                for s in (0, 5)]
     (tmp_path / "metrics.json").write_text(json.dumps({"history": history}))
     cmd = [sys.executable, "-m", "llm_embedder.cli", "report", str(tmp_path / "metrics.json")]
-    result = subprocess.run(f"{' '.join(cmd)} | head -n 2", shell=True, capture_output=True, text=True, timeout=60)
-    assert result.stdout.count("\n") == 2
-    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    # report | head -n 2, piped without a shell: head exits after two lines and closes the pipe
+    report = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    head = subprocess.run(["head", "-n", "2"], stdin=report.stdout, capture_output=True, text=True, timeout=60)
+    report.stdout.close()
+    stderr = report.stderr.read()
+    report.wait(timeout=60)
+    report.stderr.close()
+    assert head.stdout.count("\n") == 2
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
 
 
 def test_validate_says_a_beir_folder_or_file_is_not_a_schema_file(tmp_path, capsys):
