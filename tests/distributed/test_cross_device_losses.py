@@ -8,23 +8,17 @@ gradient of the shared layer equals the single-process gradient.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun_launch import load_worker, run_worker_ranks
 
 from llm_embedder.modeling.losses import LossParams, compute_loss
 
 WORKER = Path(__file__).with_name("cross_device_loss_worker.py")
 WORLD_SIZE = 2
-spec = importlib.util.spec_from_file_location("cross_device_loss_worker", WORKER)
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
+worker = load_worker(WORKER)
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -32,13 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("cross_device")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    # --standalone: a local rendezvous on a free port chosen by torchrun (no fixed port to collide on)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc_per_node", str(WORLD_SIZE), str(WORKER), "--output", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    results = run_worker_ranks(WORKER, out, WORLD_SIZE, timeout=240)
     assert all(r["world_size"] == WORLD_SIZE for r in results)
     return results
 

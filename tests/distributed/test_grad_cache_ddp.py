@@ -2,21 +2,15 @@
 ``grad_cache_ddp_worker.py``, whose docstring lists what each rank records."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun_launch import load_worker, run_worker_ranks
 
 WORKER = Path(__file__).with_name("grad_cache_ddp_worker.py")
 WORLD = 2
-_spec = importlib.util.spec_from_file_location("grad_cache_ddp_worker", WORKER)
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)
+worker = load_worker(WORKER)
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -24,12 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("gc_ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc_per_node", str(WORLD), str(WORKER), "--output", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return run_worker_ranks(WORKER, out, WORLD, timeout=300)
 
 
 def tensors(grads: dict) -> dict:
