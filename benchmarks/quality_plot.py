@@ -32,7 +32,10 @@ def curve(ctx: Context, root: Path, row: str, seed: int, log) -> list[dict]:
         raise ValueError(f"--steps_plot {row}: needs finished units base/once and {row}/seed{seed} first")
     folder = Unit(row, seed).folder(root)
     points = [{"step": 0, **base["metrics"]}]
+    total = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs)
     for step, path in checkpoints(folder / "model"):
+        if step >= total:  # the last step is the saved model, evaluated by the unit itself
+            continue
         out = folder / "steps"
         result = out / f"step{step}.json"
         if not result.is_file():
@@ -43,7 +46,6 @@ def curve(ctx: Context, root: Path, row: str, seed: int, log) -> list[dict]:
             metrics = json.loads(eval_file(ctx.eval_data, out, f"step{step}").read_text())["metrics"]
             write_json(result, {"step": step, "metrics": metrics, "commands": commands})
         points.append({"step": step, **json.loads(result.read_text())["metrics"]})
-    total = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs)
     points.append({"step": total, **final["metrics"]})
     return points
 

@@ -1,0 +1,197 @@
+"""benchmarks/quality.py: unit order, resume, aggregate, argument errors, split, and the peer row's examples.
+
+Fast tests use fake rows (a runner that writes an evaluation file) instead of training; one slow test runs the
+real script on a tiny subset (4 training queries, 2 dev queries against 10 other corpus rows).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import quality  # noqa: E402
+import quality_inputs as qi  # noqa: E402
+import quality_plan as qp  # noqa: E402
+import quality_rows as qr  # noqa: E402
+from quality_st import examples  # noqa: E402
+
+TRAINED = {"base": False, "bm25": False, "a": True, "b": True}
+
+
+def test_plan_seed_order_fills_the_first_column_first():
+    units = qp.plan(["base", "a", "bm25", "b"], [0, 1], TRAINED, "seed")
+    assert [u.name for u in units] == ["base/once", "a/seed0", "bm25/once", "b/seed0", "a/seed1", "b/seed1"]
+
+
+def test_plan_row_order_runs_every_seed_of_a_row_first():
+    units = qp.plan(["base", "a", "b"], [2, 5], TRAINED, "row")
+    assert [u.name for u in units] == ["base/once", "a/seed2", "a/seed5", "b/seed2", "b/seed5"]
+
+
+@pytest.mark.parametrize("seeds, order, message", [([], "seed", "--seeds"), ([0, 0], "seed", "repeated"),
+                                                   ([0], "diagonal", "--seed_order")])
+def test_plan_refuses_bad_seeds_and_orders(seeds, order, message):
+    with pytest.raises(ValueError, match=message):
+        qp.plan(["a"], seeds, TRAINED, order)
+
+
+def write_result(root: Path, unit: qp.Unit, ndcg: float, wall: float = 60.0) -> None:
+    from llm_embedder.io import write_json
+    write_json(unit.result_path(root), {"row": unit.row, "seed": unit.seed, "wall_time_s": wall, "commands": ["x"],
+                                        "metrics": {"ndcg@10": ndcg, "recall@100": ndcg + 0.2, "mrr@10": ndcg - 0.1}})
+
+
+def test_pending_skips_finished_units_and_reruns_half_written_ones(tmp_path):
+    units = qp.plan(["base", "a"], [0, 1, 2], TRAINED)
+    write_result(tmp_path, units[0], 0.6)           # base/once finished
+    write_result(tmp_path, units[1], 0.7)           # a/seed0 finished
+    half = units[2].result_path(tmp_path)           # a/seed1: model saved, result cut off mid-write
+    half.parent.mkdir(parents=True)
+    (half.parent / "model").mkdir()
+    half.write_text('{"metrics": {"ndcg@10": 0.7')
+    no_metrics = units[3].result_path(tmp_path)     # a/seed2: a file without metrics is not a result either
+    no_metrics.parent.mkdir(parents=True)
+    no_metrics.write_text('{"row": "a"}')
+    assert [u.name for u in qp.pending(units, tmp_path)] == ["a/seed1", "a/seed2"]
+
+
+def test_aggregate_mean_and_std_come_from_the_per_seed_files(tmp_path):
+    for seed, value in zip([0, 1, 2], [0.60, 0.66, 0.69]):
+        write_result(tmp_path, qp.Unit("a", seed), value, wall=60.0 * (seed + 1))
+    write_result(tmp_path, qp.Unit("base", None), 0.5)
+    (tmp_path / "a" / "seed3").mkdir()  # an unfinished unit: not counted
+    agg = qp.aggregate(tmp_path, ["base", "a", "b"], {"a": "row A"})
+    base, a, b = agg["rows"]
+    assert a["label"] == "row A" and a["n_seeds"] == 3 and [u["seed"] for u in a["units"]] == [0, 1, 2]
+    assert a["summary"]["ndcg@10"]["mean"] == pytest.approx((0.60 + 0.66 + 0.69) / 3)
+    assert a["summary"]["ndcg@10"]["std"] == pytest.approx(statistics.stdev([0.60, 0.66, 0.69]))
+    assert a["summary"]["ndcg@10"]["std"] == pytest.approx(0.045825757, abs=1e-8)  # by hand: sample std (n-1)
+    assert base["summary"]["ndcg@10"] == {"mean": 0.5, "std": None, "n": 1}
+    assert b["n_seeds"] == 0 and b["summary"] == {}
+    table = qp.markdown_table(agg)
+    assert "| row A | 0.6500 ± 0.0458 |" in table and "| 3 | 0: 1.0, 1: 2.0, 2: 3.0 |" in table
+    assert "| b | not run | not run | not run | 0 | - |" in table
+    assert "| base | 0.5000 | 0.7000 | 0.4000 | n/a |" in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "nope"], "unknown row 'nope'"),
+    (["--rows", "base", "base"], "listed twice"),
+    (["--set", "tau=0.1"], "--set: 'tau=0.1' is not NAME=VALUE"),
+    (["--set", "epochs=many"], "--set: epochs='many' is not a float"),
+    (["--set", "group_size=5"], "--score_keys 4 must be >= group_size 5"),
+    (["--neg_depth", "1"], "--neg_depth 1: needs at least group_size - 1 = 3"),
+    (["--stop_after", "ten"], "--stop_after: 'ten' is not HH:MM"),
+    (["--seed_order", "diagonal"], "--seed_order"),
+])
+def test_argument_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        quality.parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python benchmarks/quality.py: error:")
+
+
+def test_recipe_overrides_and_tag():
+    recipe = qr.Recipe().with_overrides(["temperature=0.02", "instruction=true", "epochs=2"])
+    assert (recipe.temperature, recipe.instruction, recipe.epochs) == (0.02, True, 2.0)
+    assert recipe.tag() == "epochs=2.0,temperature=0.02,instruction=True"
+    assert qr.Recipe().tag() == "default"
+
+
+def test_shared_inputs_refuse_other_sizes(tmp_path):
+    inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
+    inputs.folder.mkdir(parents=True)
+    qi.record_settings(inputs)
+    assert qi.shared_inputs(tmp_path, "scifact", 3, 4, 192).settings == inputs.settings
+    with pytest.raises(ValueError, match="shared inputs were made with"):
+        qi.shared_inputs(tmp_path, "scifact", 5, 4, 192)
+
+
+def test_dev_split_is_deterministic_disjoint_and_from_train(tmp_path):
+    spec = qr.DATASETS["scifact"]
+    inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
+    split = qi.make_split(tmp_path, "scifact", spec, inputs, "dev", 100, None)
+    train, dev = qi.read_jsonl(split.train), qi.read_jsonl(split.eval_data)
+    assert len(dev) == 100 and len(train) == 809 - 100 == split.n_train
+    assert not {r["query_id"] for r in train} & {r["query_id"] for r in dev}
+    test_ids = {r["query_id"] for r in qi.read_jsonl(spec.test)}
+    assert not test_ids & {r["query_id"] for r in dev}
+    assert qi.dev_query_ids(list(reversed(qi.read_jsonl(spec.train))), 100) == {r["query_id"] for r in dev}
+    with pytest.raises(ValueError, match="--dev_queries"):
+        qi.dev_query_ids(train, 0)
+
+
+def test_st_examples_take_first_positive_and_repeat_negatives():
+    corpus = [f"doc{i}" for i in range(6)]
+    records = [{"query": "q1", "pos_index": [2, 3], "neg_index": [0, 1, 5]}, {"query": "q2", "pos_index": [4], "neg_index": [1]}]
+    cols = examples(records, corpus, 3)
+    assert cols == {"anchor": ["q1", "q2"], "positive": ["doc2", "doc4"], "negative_1": ["doc0", "doc1"],
+                    "negative_2": ["doc1", "doc1"], "negative_3": ["doc5", "doc1"]}
+    with pytest.raises(ValueError, match="record 1: needs pos_index and neg_index"):
+        examples([{"query": "q", "pos_index": [1]}], corpus, 1)
+
+
+def fake_row(name: str, calls: list, trained: bool = True, needs=()):
+    def runner(ctx, unit, folder, run):
+        calls.append(unit.name)
+        out = folder / "test.eval.fake.json"
+        out.write_text(json.dumps({"metrics": {"ndcg@10": 0.5 + 0.01 * (unit.seed or 0), "recall@100": 0.9,
+                                               "mrr@10": 0.4}}))
+        return out
+    return qr.Row(name, name.upper(), trained, needs, runner)
+
+
+def test_run_table_resumes_and_aggregates(tmp_path, monkeypatch):
+    calls: list[str] = []
+    rows = {"base": fake_row("base", calls, trained=False), "a": fake_row("a", calls)}
+    monkeypatch.setattr(quality, "ROWS", rows)
+    argv = ["--rows", "base", "a", "--seeds", "0", "1", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")]
+    root = tmp_path / "out" / "scifact" / "test" / "default"
+    stale = root / "a" / "seed1"                          # an interrupted attempt: folder without a result
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("half")
+    assert quality.main(argv) == 0
+    assert calls == ["base/once", "a/seed0", "a/seed1"] and not (stale / "junk").exists()
+    assert quality.main(argv) == 0                        # everything finished: nothing runs again
+    assert calls == ["base/once", "a/seed0", "a/seed1"]
+    agg = json.loads((tmp_path / "res" / "quality_scifact.json").read_text())
+    a = agg["rows"][1]
+    assert a["n_seeds"] == 2 and a["summary"]["ndcg@10"]["mean"] == pytest.approx(0.505)
+    assert "| A | 0.5050 ± 0.0071 |" in (tmp_path / "res" / "quality_scifact.md").read_text()
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "3 of 3 units to run" in log and "0 of 3 units to run" in log
+
+
+def test_stop_after_starts_nothing_new(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(quality, "ROWS", {"a": fake_row("a", calls)})
+    argv = ["--rows", "a", "--seeds", "0", "--out", str(tmp_path), "--results", str(tmp_path / "res"),
+            "--stop_after", "00:00"]
+    assert quality.main(argv) == 0
+    assert calls == [] and "not starting a/seed0" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_real_table_and_steps_plot(tmp_path):
+    """The real script on a tiny dev split: base model, our trainer with checkpoints, then the steps plot
+    (checkpoint evaluation). About a minute on an idle machine (three model loads, two training steps)."""
+    import subprocess
+    common = ["--out", str(tmp_path / "out"), "--results", str(tmp_path / "res"), "--img", str(tmp_path / "img"),
+              "--split", "dev", "--dev_queries", "2", "--dev_corpus_subsample", "10", "--max_train_queries", "4",
+              "--seeds", "0", "--set", "batch=2", "key_max_length=32", "--threads", "1", "--rows", "base", "ours-random"]
+    run = [sys.executable, str(REPO / "benchmarks" / "quality.py"), *common]
+    subprocess.run(run, check=True, cwd=REPO, timeout=1800)
+    res = json.loads((tmp_path / "res" / "quality_scifact_dev_batch-2_key_max_length-32.json").read_text())
+    ours = res["rows"][1]
+    assert ours["n_seeds"] == 1 and 0 <= ours["summary"]["ndcg@10"]["mean"] <= 1
+    assert "run_dense.py" in ours["units"][0]["commands"][0] and "--seed 0" in ours["units"][0]["commands"][0]
+    subprocess.run([*run, "--steps_plot", "ours-random"], check=True, cwd=REPO, timeout=1800)
+    steps = json.loads((tmp_path / "res" / "quality_scifact_steps.json").read_text())
+    assert [p["step"] for p in steps["curves"]["ours-random"]] == [0, 1, 2]
+    assert (tmp_path / "img" / "quality_scifact_steps.png").stat().st_size > 1000
