@@ -3,7 +3,8 @@
 Same MiniLM folder, same mined file as our BM25 row (``{train}.neg.bm25.json``: query, positives, BM25
 negatives as corpus rows), one example per query: its first positive (our ``--select_positive first``) and
 its first ``--negatives`` mined negatives (repeated when a query has fewer, as our trainer does). Same batch,
-epochs, learning rate, linear schedule with warm-up, weight decay 0 and seed as our rows; MNRL's scale is
+epochs, learning rate, linear schedule with warm-up, weight decay 0 and seed as our rows (and, like our
+trainer, the last partial batch of an epoch is dropped); MNRL's scale is
 1 / temperature (20 = our τ 0.05), with in-batch negatives as in our contrastive loss. The model is saved in
 the sentence-transformers format and evaluated by the same ``eval_retrieval`` command as ours.
 
@@ -60,7 +61,8 @@ def train(args) -> Path:
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch, num_train_epochs=args.epochs,
         learning_rate=args.lr, warmup_ratio=args.warmup, weight_decay=0.0, lr_scheduler_type="linear",
-        seed=args.seed, data_seed=args.seed, logging_steps=5, report_to="none", use_cpu=True, disable_tqdm=True,
+        seed=args.seed, data_seed=args.seed, dataloader_drop_last=True, logging_steps=5, report_to="none",
+        use_cpu=True, disable_tqdm=True,
         save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, save_only_model=True)
     SentenceTransformerTrainer(model=model, args=targs, train_dataset=data, loss=loss).train()
     model.save(str(out))
