@@ -46,8 +46,7 @@ class Recipe:
     lr: float = 2e-5
     warmup: float = 0.1
     temperature: float = 0.05
-    group_size: int = 4          # keys per query (1 positive + group_size-1 negatives) for the BM25 and distill rows
-    random_group_size: int = 2   # the quickstart's group size, for the random-negative row
+    group_size: int = 2          # keys per query: 1 positive + group_size-1 negatives (random, BM25, or LM-scored)
     query_max_length: int = 64
     key_max_length: int = 256
     instruction: bool = False
@@ -210,7 +209,7 @@ def check_setup_is_noop() -> None:
 
 
 def _ours_random(ctx, model, seed):
-    return run_dense_cmd(ctx, model, seed, [ctx.train], ctx.recipe.random_group_size)
+    return run_dense_cmd(ctx, model, seed, [ctx.train], ctx.recipe.group_size)
 
 
 def _ours_bm25(ctx, model, seed):

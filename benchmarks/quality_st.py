@@ -2,7 +2,8 @@
 
 Same MiniLM folder, same mined file as our BM25 row (``{train}.neg.bm25.json``: query, positives, BM25
 negatives as corpus rows), one example per query: its first positive (our ``--select_positive first``) and
-its first ``--negatives`` mined negatives (repeated when a query has fewer, as our trainer does). Same batch,
+``--negatives`` of its mined negatives drawn at random with the seed (our ``--select_negative random``; repeated
+when a query has fewer, as our trainer does). Same batch,
 epochs, learning rate, linear schedule with warm-up, weight decay 0 and seed as our rows (and, like our
 trainer, the last partial batch of an epoch is dropped); MNRL's scale is
 1 / temperature (20 = our τ 0.05), with in-batch negatives as in our contrastive loss. The model is saved in
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -25,8 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def examples(records: list[dict], corpus_texts: list[str], negatives: int) -> dict[str, list[str]]:
-    """Columns ``anchor, positive, negative_1..N`` (MNRL's input), one row per query."""
+def examples(records: list[dict], corpus_texts: list[str], negatives: int, seed: int = 0) -> dict[str, list[str]]:
+    """Columns ``anchor, positive, negative_1..N`` (MNRL's input), one row per query; the negatives are a seeded
+    random choice from the query's mined ones (without repeats while the pool lasts)."""
+    rng = random.Random(seed)
     columns: dict[str, list[str]] = {"anchor": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(negatives)}}
     for line, record in enumerate(records, 1):
         pos = record.get("pos_index") or []
@@ -35,8 +39,9 @@ def examples(records: list[dict], corpus_texts: list[str], negatives: int) -> di
             raise ValueError(f"record {line}: needs pos_index and neg_index (a mined file)")
         columns["anchor"].append(record["query"])
         columns["positive"].append(corpus_texts[pos[0]])
+        chosen = rng.sample(neg, min(negatives, len(neg))) if negatives else []
         for i in range(negatives):
-            columns[f"negative_{i + 1}"].append(corpus_texts[neg[i % len(neg)]])
+            columns[f"negative_{i + 1}"].append(corpus_texts[chosen[i % len(chosen)]])
     return columns
 
 
@@ -53,7 +58,7 @@ def train(args) -> Path:
     corpus = load_corpus(resolve_data_path(args.corpus)).texts
     with open(resolve_data_path(args.train_data), encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    data = Dataset.from_dict(examples(records, corpus, args.negatives))
+    data = Dataset.from_dict(examples(records, corpus, args.negatives, args.seed))
     model = SentenceTransformer(str(resolve_encoder(args.model)), device="cpu")
     model.max_seq_length = args.max_seq_length
     loss = MultipleNegativesRankingLoss(model, scale=1.0 / args.temperature)

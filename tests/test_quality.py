@@ -86,7 +86,7 @@ def test_aggregate_mean_and_std_come_from_the_per_seed_files(tmp_path):
     (["--set", "tau=0.1"], "--set: 'tau=0.1' is not NAME=VALUE"),
     (["--set", "epochs=many"], "--set: epochs='many' is not a float"),
     (["--set", "group_size=5"], "--score_keys 4 must be >= group_size 5"),
-    (["--neg_depth", "1"], "--neg_depth 1: needs at least group_size - 1 = 3"),
+    (["--set", "group_size=4", "--neg_depth", "2"], "--neg_depth 2: needs at least group_size - 1 = 3"),
     (["--stop_after", "ten"], "--stop_after: 'ten' is not HH:MM"),
     (["--seed_order", "diagonal"], "--seed_order"),
 ])
@@ -127,12 +127,16 @@ def test_dev_split_is_deterministic_disjoint_and_from_train(tmp_path):
         qi.dev_query_ids(train, 0)
 
 
-def test_st_examples_take_first_positive_and_repeat_negatives():
+def test_st_examples_take_first_positive_and_seeded_random_negatives():
     corpus = [f"doc{i}" for i in range(6)]
     records = [{"query": "q1", "pos_index": [2, 3], "neg_index": [0, 1, 5]}, {"query": "q2", "pos_index": [4], "neg_index": [1]}]
-    cols = examples(records, corpus, 3)
-    assert cols == {"anchor": ["q1", "q2"], "positive": ["doc2", "doc4"], "negative_1": ["doc0", "doc1"],
-                    "negative_2": ["doc1", "doc1"], "negative_3": ["doc5", "doc1"]}
+    cols = examples(records, corpus, 3, seed=0)
+    assert cols["anchor"] == ["q1", "q2"] and cols["positive"] == ["doc2", "doc4"]
+    assert sorted(cols[f"negative_{i}"][0] for i in (1, 2, 3)) == ["doc0", "doc1", "doc5"]  # all three, no repeat
+    assert [cols[f"negative_{i}"][1] for i in (1, 2, 3)] == ["doc1"] * 3                       # one mined: repeated
+    picks = {examples(records[:1], corpus, 1, seed=s)["negative_1"][0] for s in range(20)}
+    assert picks == {"doc0", "doc1", "doc5"}                                 # one negative: drawn, not always the first
+    assert examples(records, corpus, 1, seed=7) == examples(records, corpus, 1, seed=7)
     with pytest.raises(ValueError, match="record 1: needs pos_index and neg_index"):
         examples([{"query": "q", "pos_index": [1]}], corpus, 1)
 
