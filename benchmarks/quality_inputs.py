@@ -86,6 +86,11 @@ def scoring_pid(inputs: SharedInputs) -> int | None:
         os.kill(pid, 0)
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return None
+    try:  # a scorer that exited but was not reaped yet (our own child) is a zombie: not running
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    except (FileNotFoundError, IndexError):
+        pass
     return pid
 
 

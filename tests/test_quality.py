@@ -199,3 +199,22 @@ def test_tiny_real_table_and_steps_plot(tmp_path):
     steps = json.loads((tmp_path / "res" / "quality_scifact_steps.json").read_text())
     assert [p["step"] for p in steps["curves"]["ours-random"]] == [0, 1, 2]
     assert (tmp_path / "img" / "quality_scifact_steps.png").stat().st_size > 1000
+
+
+def test_scoring_pid_ignores_exited_scorers(tmp_path):
+    import subprocess
+    inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
+    inputs.folder.mkdir(parents=True)
+    assert qi.scoring_pid(inputs) is None                      # no pid file
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    inputs.pid_file.write_text(str(sleeper.pid))
+    assert qi.scoring_pid(inputs) == sleeper.pid               # running
+    sleeper.kill()
+    import time
+    for _ in range(50):                                        # exited, not reaped yet: a zombie
+        if Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    assert qi.scoring_pid(inputs) is None
+    sleeper.wait()
+    assert qi.scoring_pid(inputs) is None                      # reaped
