@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps_plot", nargs="*", default=None, metavar="ROW",
                    help="instead of the table: evaluate the checkpoints of these rows' first seed and plot nDCG@10 "
                         "over training steps")
+    p.add_argument("--steps_corpus_subsample", type=int, default=None, metavar="N",
+                   help="--steps_plot on a cheaper corpus: the positives plus N seeded other rows, every point "
+                        "(step 0 and the last step too) evaluated on it")
     p.add_argument("--out", default="runs/quality", help="work folder (units, shared inputs, log.txt)")
     p.add_argument("--results", default=str(HERE / "results"), help="where the aggregate JSON and markdown go")
     p.add_argument("--img", default=str(HERE.parent / "docs" / "img"), help="where the steps plot goes")
@@ -204,7 +207,10 @@ def main(argv=None) -> int:
         from quality_plot import steps_plot
         split = qi.make_split(Path(args.out), args.dataset, spec, inputs, args.split, args.dev_queries,
                               args.max_train_queries)
-        steps_plot(args, make_context(args, spec, split), root, log, argv)
+        ctx = make_context(args, spec, split)
+        if args.steps_corpus_subsample:
+            ctx.corpus_subsample = args.steps_corpus_subsample
+        steps_plot(args, ctx, root, log, argv)
         return 0
     if not args.aggregate_only:
         run_table(args, spec, inputs, root, units, log, argv)

@@ -24,29 +24,42 @@ def checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def evaluated(ctx: Context, out: Path, name: str, encoder: str, log) -> dict:
+    """Metrics of ``encoder`` with the rows' evaluation command, kept in ``out/{name}.json`` (resumable)."""
+    result = out / f"{name}.json"
+    if not result.is_file():
+        log(f"steps plot: evaluating {encoder}")
+        commands: list[str] = []
+        run = subprocess_runner(out / "log.txt", ctx.threads, commands)
+        run(eval_cmd(ctx, out, name, dense_method(ctx, encoder)))
+        metrics = json.loads(eval_file(ctx.eval_data, out, name).read_text())["metrics"]
+        write_json(result, {"encoder": encoder, "metrics": metrics, "commands": commands})
+    return json.loads(result.read_text())["metrics"]
+
+
 def curve(ctx: Context, root: Path, row: str, seed: int, log) -> list[dict]:
-    """Points ``{"step", "ndcg@10", ...}`` of one row's first seed: base at 0, checkpoints, the final model."""
+    """Points ``{"step", "ndcg@10", ...}`` of one row's first seed: base at 0, checkpoints, the final model.
+
+    On the full corpus, step 0 and the last step are the table's own results. With ``ctx.corpus_subsample``
+    (a cheaper curve: positives plus N seeded other rows) every point is evaluated on that subsample."""
     base = read_result(Unit("base", None).result_path(root))
     final = read_result(Unit(row, seed).result_path(root))
     if base is None or final is None:
         raise ValueError(f"--steps_plot {row}: needs finished units base/once and {row}/seed{seed} first")
     folder = Unit(row, seed).folder(root)
-    points = [{"step": 0, **base["metrics"]}]
+    sub = f"-sub{ctx.corpus_subsample}" if ctx.corpus_subsample else ""
     total = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs)
+    if sub:
+        points = [{"step": 0, **evaluated(ctx, Unit("base", None).folder(root) / f"steps{sub}", "step0", "minilm", log)}]
+    else:
+        points = [{"step": 0, **base["metrics"]}]
     for step, path in checkpoints(folder / "model"):
-        if step >= total:  # the last step is the saved model, evaluated by the unit itself
-            continue
-        out = folder / "steps"
-        result = out / f"step{step}.json"
-        if not result.is_file():
-            log(f"steps plot: evaluating {path}")
-            commands: list[str] = []
-            run = subprocess_runner(out / "log.txt", ctx.threads, commands)
-            run(eval_cmd(ctx, out, f"step{step}", dense_method(ctx, str(path))))
-            metrics = json.loads(eval_file(ctx.eval_data, out, f"step{step}").read_text())["metrics"]
-            write_json(result, {"step": step, "metrics": metrics, "commands": commands})
-        points.append({"step": step, **json.loads(result.read_text())["metrics"]})
-    points.append({"step": total, **final["metrics"]})
+        if step < total:  # the last step is the saved model itself
+            points.append({"step": step, **evaluated(ctx, folder / f"steps{sub}", f"step{step}", str(path), log)})
+    if sub:
+        points.append({"step": total, **evaluated(ctx, folder / f"steps{sub}", f"step{total}", str(folder / "model"), log)})
+    else:
+        points.append({"step": total, **final["metrics"]})
     return points
 
 
@@ -59,7 +72,7 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], png: Path, title
     for row, points in curves.items():
         ax.plot([p["step"] for p in points], [p["ndcg@10"] for p in points], marker="o", label=labels.get(row, row))
     ax.set_xlabel("training step (batch 32)")
-    ax.set_ylabel("test nDCG@10")
+    ax.set_ylabel("nDCG@10")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -74,9 +87,10 @@ def steps_plot(args, ctx: Context, root: Path, log, argv: list[str]) -> dict:
     from quality_rows import ROWS
     seed = args.seeds[0]
     curves = {row: curve(ctx, root, row, seed, log) for row in args.steps_plot}
+    corpus = f"positives + {ctx.corpus_subsample} other docs" if ctx.corpus_subsample else "full corpus"
     png = draw(curves, {r: ROWS[r].label for r in ROWS}, Path(args.img) / f"quality_{args.dataset}_steps.png",
-               f"{args.dataset} test nDCG@10 during training (seed {seed})")
-    out = {"dataset": args.dataset, "seed": seed, "curves": curves, "png": str(png),
+               f"{args.dataset} {Path(ctx.eval_data).stem} nDCG@10 during training (seed {seed}, {corpus})")
+    out = {"dataset": args.dataset, "seed": seed, "corpus": corpus, "curves": curves, "png": str(png),
            "command": "python benchmarks/quality.py " + " ".join(argv)}
     write_json(Path(args.results) / f"quality_{args.dataset}_steps.json", out)
     log(f"steps plot: {png}")

@@ -218,3 +218,37 @@ def test_scoring_pid_ignores_exited_scorers(tmp_path):
     assert qi.scoring_pid(inputs) is None
     sleeper.wait()
     assert qi.scoring_pid(inputs) is None                      # reaped
+
+
+def test_steps_curve_full_corpus_and_subsample(tmp_path, monkeypatch):
+    import quality_plot
+    evaluated = []
+
+    def fake_runner(log_file, threads, commands):
+        def run(cmd, env=None):
+            out, name, encoder = (cmd[cmd.index(flag) + 1] for flag in ("--output_dir", "--save_name", "--query_encoder"))
+            evaluated.append((encoder, "--corpus_subsample" in cmd))
+            value = 0.1 if encoder == "minilm" else 0.2 + 0.1 * int(encoder.rsplit("-", 1)[-1]) if "checkpoint" in encoder else 0.9
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / f"test.eval.{name}.json").write_text(json.dumps({"metrics": {"ndcg@10": value}}))
+        return run
+
+    monkeypatch.setattr(quality_plot, "subprocess_runner", fake_runner)
+    write_result(tmp_path, qp.Unit("base", None), 0.6)
+    write_result(tmp_path, qp.Unit("a", 0), 0.7)
+    for step in (1, 2, 3):  # 4 queries, batch 2, 1.5 epochs: 3 steps, so checkpoint-3 is the saved model itself
+        (qp.Unit("a", 0).folder(tmp_path) / "model" / f"checkpoint-{step}").mkdir(parents=True)
+    ctx = qr.Context("scifact", qr.DATASETS["scifact"], qr.Recipe(batch=2, epochs=1.5), "t", None, None,
+                     "llm-embedder:scifact/test.json", n_train=4)
+    full = quality_plot.curve(ctx, tmp_path, "a", 0, print)
+    assert [(p["step"], p["ndcg@10"]) for p in full] == [(0, 0.6), (1, pytest.approx(0.3)), (2, pytest.approx(0.4)), (3, 0.7)]
+    assert [e for e, _ in evaluated] == [str(qp.Unit("a", 0).folder(tmp_path) / "model" / f"checkpoint-{s}") for s in (1, 2)]
+    assert quality_plot.curve(ctx, tmp_path, "a", 0, print) == full and len(evaluated) == 2  # resumed: no new evaluation
+    ctx.corpus_subsample = 50
+    sub = quality_plot.curve(ctx, tmp_path, "a", 0, print)
+    assert [(p["step"], p["ndcg@10"]) for p in sub] == [(0, 0.1), (1, pytest.approx(0.3)), (2, pytest.approx(0.4)), (3, 0.9)]
+    assert len(evaluated) == 6 and all(flag for _, flag in evaluated[2:])  # every subsample point evaluated on it
+    png = quality_plot.draw({"a": sub}, {"a": "row A"}, tmp_path / "img" / "steps.png", "title")
+    assert png.stat().st_size > 1000
+    with pytest.raises(ValueError, match="needs finished units"):
+        quality_plot.curve(ctx, tmp_path, "b", 0, print)
