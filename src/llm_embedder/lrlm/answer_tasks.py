@@ -125,19 +125,16 @@ def check_k(data: TaskData, k: int, methods: Sequence[str]) -> None:
                             f"{len(data.positives[short])} positives (pos_index), fewer than --k {k}")
 
 
+def _key(data: TaskData, row: int) -> str:
+    """One key's text: the abstract (qa) or the demonstration ``{question}\n{decision}`` (icl)."""
+    if data.task == "qa":
+        return data.pool.texts[row]
+    return f"{data.pool.texts[row]}\n{data.pool_labels[row]}"
+
+
 def key_text(data: TaskData, rows: Sequence[int], cut: dict[str, str]) -> str:
-    """The ``{key}`` field for these pool rows (each key already cut to ``--key_max_length``)."""
-    if data.task == "qa":
-        keys = [data.pool.texts[r] for r in rows]
-    else:
-        keys = [f"{data.pool.texts[r]}\n{data.pool_labels[r]}" for r in rows]
-    return KEY_JOIN[data.task].join(cut[k] for k in keys)
-
-
-def raw_keys(data: TaskData, ranked: Sequence[Sequence[int]]) -> list[str]:
-    if data.task == "qa":
-        return [data.pool.texts[r] for rows in ranked for r in rows]
-    return [f"{data.pool.texts[r]}\n{data.pool_labels[r]}" for rows in ranked for r in rows]
+    """The ``{key}`` field for these pool rows (``cut`` maps each key to itself cut to ``--key_max_length``)."""
+    return KEY_JOIN[data.task].join(cut[_key(data, r)] for r in rows)
 
 
 def plan(data: TaskData, ranked: Sequence[Sequence[int]], tokenizer, max_length: int, key_max_length: int):
@@ -145,7 +142,7 @@ def plan(data: TaskData, ranked: Sequence[Sequence[int]], tokenizer, max_length:
     answer checks as ``run_lm_score.py``), and the plan's stats."""
     from ..lm.pairs import build_plan, truncate_keys
 
-    cut, _ = truncate_keys(tokenizer, raw_keys(data, ranked), key_max_length)
+    cut, _ = truncate_keys(tokenizer, [_key(data, r) for rows in ranked for r in rows], key_max_length)
     rows = []
     for r, keys in zip(data.records, ranked):
         answers = list(ICL_LABELS) if data.task == "icl" else r["answers"]
