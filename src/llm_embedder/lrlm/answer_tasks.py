@@ -142,7 +142,7 @@ def plan(data: TaskData, ranked: Sequence[Sequence[int]], tokenizer, max_length:
     answer checks as ``run_lm_score.py``), and the plan's stats."""
     from ..lm.pairs import build_plan, truncate_keys
 
-    cut, _ = truncate_keys(tokenizer, [_key(data, r) for rows in ranked for r in rows], key_max_length)
+    cut, n_cut = truncate_keys(tokenizer, [_key(data, r) for rows in ranked for r in rows], key_max_length)
     rows = []
     for r, keys in zip(data.records, ranked):
         answers = list(ICL_LABELS) if data.task == "icl" else r["answers"]
@@ -151,7 +151,7 @@ def plan(data: TaskData, ranked: Sequence[Sequence[int]], tokenizer, max_length:
     items: list[list[tuple[list[int], list[int]]]] = [[] for _ in rows]
     for pair in scoring.pairs:
         items[pair.row].append((pair.prompt_ids, pair.target_ids))
-    return items, scoring.stats
+    return items, {**scoring.stats, "distinct_keys_cut_to_key_max_length": n_cut}
 
 
 def icl_prediction(label_logprobs: dict[str, float], gold: str) -> tuple[str, bool, float]:
