@@ -209,6 +209,14 @@ def test_resume_after_a_kill_and_a_larger_max_queries_reuse_the_scores(pmqa, tin
     assert sum(calls) == 6
     assert (tmp_path / "grow" / "none.k1.jsonl").read_text() == (tmp_path / "straight" / "none.k1.jsonl").read_text()
 
+def test_compare_with_a_row_of_other_targets_is_one_line(pmqa, tiny_lm_dir, tmp_path, capsys):
+    assert _qa(pmqa, tiny_lm_dir, tmp_path, "--retrieval_method", "random") == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _qa(pmqa, tiny_lm_dir, tmp_path, "--retrieval_method", "none", "--max_queries", "2", "--compare", "none", "random")
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]  # after the bars
+    assert len(err) == 1 and "--compare none random: the two rows cover different targets" in err[0]
+
 
 def test_bad_input_is_one_clear_line_before_any_model_loads(pmqa, tiny_lm_dir, tmp_path, monkeypatch, capsys):
     import llm_embedder.lm.loading as loading

@@ -202,8 +202,12 @@ def write_results(args, rows: dict[str, list[dict]], info: dict) -> dict:
     for label, per_target in rows.items():
         summary["rows"][label] = metrics.summarise_targets(per_target, args.seed)
     for a, b in args.compare:
-        summary["compare"][f"{a} vs {b}"] = metrics.compare_targets(_row_targets(out_dir, args.k, a, rows),
-                                                                    _row_targets(out_dir, args.k, b, rows), args.seed)
+        try:
+            summary["compare"][f"{a} vs {b}"] = metrics.compare_targets(_row_targets(out_dir, args.k, a, rows),
+                                                                        _row_targets(out_dir, args.k, b, rows), args.seed)
+        except ValueError:
+            raise UserError(f"--compare {a} {b}: the two rows cover different targets (evaluate both in one run, "
+                            "or with the same --max_queries)") from None
     summary.update(info, task=args.task, lm=args.lm, k=args.k)
     write_json(summary_path, summary)
     return summary
