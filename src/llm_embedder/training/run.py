@@ -210,8 +210,9 @@ def build_trainer(model_args, data_args, training_args):
         lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
         quantization_config=quantization_config(model_args.load_in_4bit, model_args.load_in_8bit,
                                                 model_args.lora_rank or bool(model_args.lora_adapter)),
-        lora_adapter=model_args.lora_adapter,
+        lora_adapter=model_args.lora_adapter, config_overrides=model_args.config_overrides,
     )
+    encoder.split_by_length = training_args.split_batch_by_length
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
         tasks |= {eval_file.records[0].get("task", data_args.default_task)}
