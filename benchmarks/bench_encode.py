@@ -6,14 +6,15 @@ Every side loads the same MiniLM folder (mean pooling, normalised, max length 25
 ``--rounds`` (A B C, C B A, ...) so background load hits all alike. Reported per side: the median docs/s (wall)
 and docs per process-CPU-second (steadier on a shared machine), the ratios to sentence-transformers, and the
 largest difference of its vectors from sentence-transformers' (a ratio counts only when that is <= 1e-5).
-One-off costs (the ONNX export into a fresh cache, torch.compile's first call) are timed apart and reported.
+One-off costs (the ONNX export into a fresh cache, packing the oneDNN weights, torch.compile's first call) are
+timed apart and reported.
 
 ``--profile_docs N`` then profiles our torch path on the first N documents with torch.profiler (and the ONNX
 Runtime side with its own per-node profiler) and writes the top operators by self CPU time to
 ``benchmarks/results/bench_encode_profile.txt``: where the time goes.
 
     .venv/bin/python benchmarks/bench_encode.py          # writes benchmarks/results/bench_encode.json
-    .venv/bin/python benchmarks/bench_encode.py --num_docs 300 --rounds 4 --backends torch onnxruntime
+    .venv/bin/python benchmarks/bench_encode.py --num_docs 300 --rounds 4 --backends torch onnxruntime onednn
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from llm_embedder.schema import write_json  # noqa: E402
 ST = "SentenceTransformer.encode"
 OURS = "llm_embedder.DenseEncoder.encode"
 NAMES = {"torch": OURS, "onnxruntime": f"{OURS} --encode_backend onnxruntime",
-         "compile": f"{OURS} + torch.compile(dynamic=True)"}
+         "onednn": f"{OURS} --encode_backend onednn", "compile": f"{OURS} + torch.compile(dynamic=True)"}
 TOLERANCE = 1e-5
 
 
@@ -52,8 +53,8 @@ def build_sides(args, texts, model_dir, export_dir):
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from llm_embedder.modeling.backends import with_backend
     from llm_embedder.modeling.encoder import DenseEncoder
-    from llm_embedder.modeling.onnx_backend import OnnxRuntimeEncoder
 
     ours = DenseEncoder.from_pretrained(model_dir, pooling_method="mean", normalize=True,
                                         query_max_length=args.max_length, key_max_length=args.max_length)
@@ -64,12 +65,12 @@ def build_sides(args, texts, model_dir, export_dir):
     one_off = {}
     for backend in args.backends:
         encoder = ours
-        if backend == "onnxruntime":
-            encoder = OnnxRuntimeEncoder(ours, cache_dir=export_dir)
+        if backend in ("onnxruntime", "onednn"):
+            encoder = with_backend(ours, backend, cache_dir=export_dir)
         elif backend == "compile":
             encoder = DenseEncoder(torch.compile(ours.model, dynamic=True), ours.tokenizer, pooling_method="mean",
                                    normalize=True, query_max_length=args.max_length, key_max_length=args.max_length)
-        if backend != "torch":  # the export / compilation, timed on its own (a short warm-up encode)
+        if backend != "torch":  # the export / packing / compilation, timed on its own (a short warm-up encode)
             t = time.perf_counter()
             encoder.encode(texts[:4], side="key", batch_size=args.batch_size, show_progress=False)
             one_off[NAMES[backend]] = round(time.perf_counter() - t, 2)
@@ -91,6 +92,15 @@ def profile(args, texts, ours, export_dir) -> str:
         ours.encode(texts, side="key", batch_size=args.batch_size, show_progress=False)
     lines += ["## torch: DenseEncoder.encode (torch.profiler, sorted by self CPU time)", "",
               prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)]
+    if "onednn" in args.backends:
+        from llm_embedder.modeling.backends import with_backend
+
+        encoder = with_backend(ours, "onednn")
+        encoder.encode(texts[:2], side="key", show_progress=False)  # fuse before profiling
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            encoder.encode(texts, side="key", batch_size=args.batch_size, show_progress=False)
+        lines += ["", "## torch --encode_backend onednn (torch.profiler, sorted by self CPU time)", "",
+                  prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)]
     if "onnxruntime" in args.backends:
         from llm_embedder.modeling.onnx_backend import OnnxRuntimeEncoder
 
@@ -125,7 +135,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--backends", nargs="+", choices=sorted(NAMES), default=["torch", "onnxruntime"],
+    p.add_argument("--backends", nargs="+", choices=sorted(NAMES), default=["torch", "onnxruntime", "onednn"],
                    help="our sides (compile: torch.compile of the transformer, an experiment, not a product option)")
     p.add_argument("--profile_docs", type=int, default=64, help="0: no profile")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "bench_encode.json"))

@@ -13,7 +13,8 @@ from test_eval_retrieval import small_scifact  # noqa: F401  (fixture)
 from llm_embedder.errors import UserError
 from llm_embedder.modeling import onnx_backend
 from llm_embedder.modeling.encoder import DenseEncoder
-from llm_embedder.modeling.onnx_backend import OnnxRuntimeEncoder, check_backend
+from llm_embedder.modeling.backends import check_backend
+from llm_embedder.modeling.onnx_backend import OnnxRuntimeEncoder
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -112,13 +113,13 @@ def test_missing_onnxruntime_is_one_line_before_any_model_loads(small_scifact, t
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "pip install 'llm-embedder[onnx]'" in err
 
 
-def test_eval_retrieval_and_encode_with_onnxruntime_equal_torch(small_scifact, tiny_bert_dir, tmp_path):  # noqa: F811
+def test_eval_retrieval_and_encode_with_other_backends_equal_torch(small_scifact, tiny_bert_dir, tmp_path):  # noqa: F811
     from llm_embedder.retrieval.encode_cli import main as encode_main
     from llm_embedder.retrieval.eval_cli import main as eval_main
 
     eval_data, corpus = small_scifact
     metrics, vectors = {}, {}
-    for backend in ("torch", "onnxruntime"):
+    for backend in ("torch", "onnxruntime", "onednn"):
         cache = tmp_path / f"cache-{backend}"  # separate caches: the corpus vectors must not be shared
         out = tmp_path / backend
         assert eval_main(["--eval_data", str(eval_data), "--corpus", str(corpus), "--key_template", "{title} {text}",
@@ -133,8 +134,10 @@ def test_eval_retrieval_and_encode_with_onnxruntime_equal_torch(small_scifact, t
                             "--encode_backend", backend]) == 0
         vectors[backend] = np.load(out / "emb.npy")
         assert any((cache / "onnx").glob("*/model.onnx")) == (backend == "onnxruntime")
-    assert metrics["onnxruntime"] == pytest.approx(metrics["torch"], abs=1e-9)
-    assert vectors["torch"].shape == (48, 32) and np.abs(vectors["onnxruntime"] - vectors["torch"]).max() <= 1e-5
+    assert vectors["torch"].shape == (48, 32)
+    for backend in ("onnxruntime", "onednn"):
+        assert metrics[backend] == pytest.approx(metrics["torch"], abs=1e-9)
+        assert np.abs(vectors[backend] - vectors["torch"]).max() <= 1e-5
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from .backends import InferenceEncoder
 
 if TYPE_CHECKING:  # torch and numpy load when an encoder is built, not when a CLI parses its arguments
     import numpy as np
@@ -36,12 +37,9 @@ if TYPE_CHECKING:  # torch and numpy load when an encoder is built, not when a C
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime")
 EXPORT_VERSION = 1
 OPSET = 17
 FUSED_MODEL_TYPES = ("bert",)  # what onnxruntime.transformers.optimizer's "bert" fusions are tested on here
-PROBE_TEXTS = ("a short probe", "a longer probe text, with punctuation and several more words, so that the "
-               "batch is padded", "x")
 
 
 def require_onnxruntime():
@@ -53,28 +51,6 @@ def require_onnxruntime():
         raise UserError(f"--encode_backend onnxruntime: needs the onnxruntime and onnx packages ({err.name} is "
                         "missing); pip install 'llm-embedder[onnx]' or use --encode_backend torch") from None
     return onnxruntime
-
-
-def check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise UserError(f"--encode_backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
-    if name == "onnxruntime":
-        require_onnxruntime()
-    return name
-
-
-def add_backend_argument(parser) -> None:
-    """``--encode_backend`` for every command that encodes (one definition, one help text)."""
-    parser.add_argument("--encode_backend", choices=BACKENDS, default="torch",
-                        help="run the transformer in torch or in ONNX Runtime (exported once into the cache; "
-                             "same vectors within 1e-5; see docs/encoder.md)")
-
-
-def with_backend(encoder, backend: str, cache_dir: str | os.PathLike | None = None):
-    """``encoder`` itself for ``torch``, else an :class:`OnnxRuntimeEncoder` around it."""
-    if check_backend(backend) == "torch":
-        return encoder
-    return OnnxRuntimeEncoder(encoder, cache_dir=cache_dir)
 
 
 def export_key(model: nn.Module, input_names: list[str], fused: bool) -> str:
@@ -133,70 +109,36 @@ def _fuse(plain: Path, fused: Path, config) -> None:
         logging.disable(logging.NOTSET)
 
 
-class OnnxRuntimeEncoder:
-    """A :class:`DenseEncoder`'s ``encode`` with its transformer(s) run by ONNX Runtime; see the module docstring.
-
-    ``settings()``, ``instructions``, ``embedding_dim`` and ``tokenizer`` are the wrapped encoder's, so every
-    caller of ``encode`` (corpus encoding, retrieval, evaluation) takes either one.
-    """
+class OnnxRuntimeEncoder(InferenceEncoder):
+    """A :class:`DenseEncoder`'s ``encode`` with its transformer(s) run by ONNX Runtime; see the module docstring."""
 
     def __init__(self, encoder, cache_dir: str | os.PathLike | None = None, fuse: bool = True,
-                 tolerance: float = 1e-5, threads: int | None = None):
+                 threads: int | None = None):
         self.ort = require_onnxruntime()
+        super().__init__(encoder)
         import torch
 
         from ..resources import cache_dir as default_cache_dir
 
-        if getattr(encoder, "lora", None):
-            raise UserError("--encode_backend onnxruntime: LoRA adapters are attached; save the model (which merges "
-                            "them) and encode the saved folder")
-        self.encoder = encoder
         self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.fuse, self.tolerance = fuse, tolerance
+        self.fuse = fuse
         self.threads = threads or torch.get_num_threads()
         self._sessions = {}  # id(tower) -> (session, {input name: dtype}, .onnx path)
         self.exports = {}  # side -> the .onnx file in use (for logs and tests)
 
-    # the wrapped encoder's identity: what the embedding cache fingerprints and the CLIs record
-    @property
-    def instructions(self):
-        return self.encoder.instructions
+    def _prepare(self, side: str) -> None:
+        self._session(side)
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.encoder.embedding_dim
+    def _hidden(self, batch, side: str) -> "torch.Tensor":
+        return self._run(*self._session(side), batch)
 
-    @property
-    def tokenizer(self):
-        return self.encoder.tokenizer
-
-    def settings(self) -> dict:
-        return self.encoder.settings()
-
-    def state_dict(self):
-        return self.encoder.state_dict()
-
-    # ------------------------------------------------------------------ encoding
-    def encode(self, texts, side: str = "key", instruction: str = "", batch_size: int = 64,
-               show_progress: bool = True) -> "np.ndarray":
-        """Same contract and vectors as :meth:`DenseEncoder.encode` (float32 ``[N, D]``, input order)."""
-        self._session(side)  # export / load before the progress bar starts
-        return self.encoder.encode_with(self._embed_batch, texts, side, instruction, batch_size, show_progress)
-
-    def _embed_batch(self, batch, side: str) -> "torch.Tensor":
-        session, inputs = self._session(side)
-        return self._head(session, inputs, batch, side)
-
-    def _head(self, session, inputs: dict, batch, side: str) -> "torch.Tensor":
-        """ONNX Runtime's token states of ``batch`` through the encoder's own pooling / projection / normalising."""
+    @staticmethod
+    def _run(session, inputs: dict, batch) -> "torch.Tensor":
+        """ONNX Runtime's token states ``[N, L, H]`` of a padded ``pt`` batch."""
         import torch
 
         feed = {name: batch[name].numpy().astype(dtype, copy=False) for name, dtype in inputs.items()}
-        hidden = torch.from_numpy(session.run(["last_hidden_state"], feed)[0])
-        return self.encoder.head(hidden, batch["attention_mask"], side)
-
-    def _probe(self, side: str) -> dict:
-        return dict(self.encoder.tokenize(list(PROBE_TEXTS), side=side))
+        return torch.from_numpy(session.run(["last_hidden_state"], feed)[0])
 
     def _session(self, side: str):
         """``(session, {input name: dtype})`` of the side's tower (tied sides share one)."""
@@ -222,27 +164,13 @@ class OnnxRuntimeEncoder:
         types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
         return {i.name: types.get(i.type, np.int64) for i in session.get_inputs()}
 
-    def _difference(self, session, probe: dict, side: str) -> float:
-        """Largest |difference| of the probe's vectors, this session against the torch tower (in eval mode)."""
-        import torch
-
-        was_training = self.encoder.training
-        self.encoder.eval()
-        try:
-            with torch.inference_mode():
-                expected = self.encoder.embed(probe, side).float()
-                got = self._head(session, self._inputs(session), probe, side)
-        finally:
-            self.encoder.train(was_training)
-        return float((got - expected).abs().max())
-
     def _load(self, tower: nn.Module, side: str):
         """Export (or find in the cache) this tower's graph, checked against torch on a probe batch."""
         import torch
 
         if getattr(tower, "device", torch.device("cpu")).type != "cpu" or tower.dtype != torch.float32:
             raise UserError("--encode_backend onnxruntime: runs float32 models on the CPU; use --encode_backend torch")
-        probe = self._probe(side)
+        probe = self.probe(side)
         names = list(probe)
         want_fused = self.fuse and tower.config.model_type in FUSED_MODEL_TYPES
         for fused in ([True, False] if want_fused else [False]):
@@ -251,7 +179,7 @@ class OnnxRuntimeEncoder:
             if not path.is_file():
                 self._write_export(tower, probe, folder, fused)
             session = self._new_session(path)
-            diff = self._difference(session, probe, side)
+            diff = self.probe_difference(side, lambda batch: self._run(session, self._inputs(session), batch))
             if diff <= self.tolerance:
                 logger.info("encode backend onnxruntime: %s (%s graph, %d threads, probe |diff| %.1e)", path,
                             "fused" if fused else "plain", self.threads, diff)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
-from ..modeling.onnx_backend import add_backend_argument, check_backend, with_backend
+from ..modeling.backends import add_backend_argument, check_backend, with_backend
 from ..resources import cache_dir as default_cache_dir
 from ..schema import write_json
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..corpus import load_corpus
 from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
-from ..modeling.onnx_backend import add_backend_argument, check_backend, with_backend
+from ..modeling.backends import add_backend_argument, check_backend, with_backend
 from ..resources import cache_dir as default_cache_dir
 from ..runinfo import versions
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
