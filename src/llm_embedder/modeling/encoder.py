@@ -343,11 +343,17 @@ class DenseEncoder(nn.Module):
 
     def _embed_padded(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
         """``embed`` of one padded batch as given (one transformer call)."""
-        model, projection = self._tower(side)
+        model = self._tower(side)[0]
         device = self.device
         inputs = {name: tensor.to(device) for name, tensor in batch.items()}
         hidden = model(**inputs, return_dict=True).last_hidden_state
-        emb = pool(hidden, inputs["attention_mask"], self.pooling_method)
+        return self.head(hidden, inputs["attention_mask"], side)
+
+    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, side: str = "query") -> torch.Tensor:
+        """Token states ``[N, L, H]`` -> vectors: pooling, the side's projection, normalisation (also used by
+        :mod:`.onnx_backend`, whose transformer runs in ONNX Runtime, so both give the same vectors)."""
+        emb = pool(hidden, attention_mask, self.pooling_method)
+        projection = self._tower(side)[1]
         if projection is not None:
             emb = projection(emb)
         if self.normalize:
@@ -375,6 +381,12 @@ class DenseEncoder(nn.Module):
     def encode(self, texts: Sequence[str], side: str = "key", instruction: str = "", batch_size: int = 64,
                show_progress: bool = True) -> np.ndarray:
         """``[N, D]`` float32 embeddings in input order; batches of similar length, no gradient, eval mode."""
+        return self.encode_with(self.embed, texts, side, instruction, batch_size, show_progress)
+
+    def encode_with(self, embed_batch, texts: Sequence[str], side: str = "key", instruction: str = "",
+                    batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
+        """:meth:`encode` with ``embed_batch(padded pt batch, side) -> [n, D]`` doing the model work (an
+        inference backend such as :mod:`.onnx_backend` passes its own; tokenising and batching stay the same)."""
         texts = _check_texts(texts)
         _check_side(side)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -395,7 +407,7 @@ class DenseEncoder(nn.Module):
                     rows = order[start:start + batch_size]
                     batch = self.tokenizer.pad([{f: encoded[f][i] for f in fields} for i in rows], padding=True,
                                                return_tensors="pt")
-                    out[rows] = self.embed(batch, side).float().cpu().numpy()
+                    out[rows] = embed_batch(batch, side).float().cpu().numpy()
                     bar.update(len(rows))
         finally:
             self.train(was_training)
