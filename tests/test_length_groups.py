@@ -86,3 +86,16 @@ def test_config_overrides_unknown_field_is_one_line(tiny_bert_dir):
     with pytest.raises(UserError, match=r"^--config_overrides: .*no_such_field") as err:
         DenseEncoder.from_pretrained(tiny_bert_dir, config_overrides="no_such_field=1")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("flags,split,attn_dropout", [([], True, 0.1),
+                                                      (["--split_batch_by_length", "false",
+                                                        "--config_overrides", "attention_probs_dropout_prob=0"], False, 0.0)])
+def test_run_dense_flags_reach_the_encoder(tiny_bert_dir, tmp_path, flags, split, attn_dropout):
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(tmp_path / "o"),
+            "--train_data", "llm-embedder:llm_embedder_toy/qa.json", "--use_cpu", *flags]
+    encoder = build_trainer(*parse_args(argv)).model.encoder
+    assert encoder.split_by_length is split
+    assert encoder.config.attention_probs_dropout_prob == attn_dropout
