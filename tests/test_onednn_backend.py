@@ -61,3 +61,15 @@ def test_torch_without_onednn_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"--encode_backend onednn: this torch build \(.*\) has no oneDNN linear"):
         check_backend("onednn")
+
+
+@pytest.mark.slow
+def test_minilm_onednn_equals_torch(minilm_dir):
+    from llm_embedder.corpus import load_corpus
+
+    texts = load_corpus("llm-embedder:scifact/corpus.jsonl", key_template="{title} {text}").texts[:12] + TEXTS
+    enc = DenseEncoder.from_pretrained(minilm_dir)
+    expected = enc.encode(texts, batch_size=8, show_progress=False)
+    fast = OneDNNEncoder(enc)
+    assert np.abs(fast.encode(texts, batch_size=8, show_progress=False) - expected).max() <= 1e-5
+    assert fast.counts["key"] == {"linear": 31, "linear_gelu": 6}  # 6 layers x 5 + pooler; 6 intermediate + GELU
