@@ -61,3 +61,45 @@ def test_torch_without_onednn_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"--encode_backend onednn: this torch build \(.*\) has no oneDNN linear"):
         check_backend("onednn")
+
+
+@pytest.mark.slow
+def test_minilm_onednn_equals_torch(minilm_dir):
+    from llm_embedder.corpus import load_corpus
+
+    texts = load_corpus("llm-embedder:scifact/corpus.jsonl", key_template="{title} {text}").texts[:12] + TEXTS
+    enc = DenseEncoder.from_pretrained(minilm_dir)
+    expected = enc.encode(texts, batch_size=8, show_progress=False)
+    fast = OneDNNEncoder(enc)
+    assert np.abs(fast.encode(texts, batch_size=8, show_progress=False) - expected).max() <= 1e-5
+    assert fast.counts["key"] == {"linear": 31, "linear_gelu": 6}  # 6 layers x 5 + pooler; 6 intermediate + GELU
+
+
+def test_run_dense_evaluation_with_onednn_gives_the_torch_metrics(tiny_bert_dir, tmp_path, monkeypatch):
+    """--encode_backend onednn reaches the evaluator run_dense builds, and its metrics equal torch's."""
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(tmp_path / "o"), "--use_cpu",
+            "--train_data", "llm-embedder:llm_embedder_toy/qa.json", "--eval_data", "llm-embedder:llm_embedder_toy/qa.json",
+            "--key_max_length", "32", "--metrics", "ndcg", "mrr", "--cutoffs", "5", "--eval_on_groups"]
+    torch_eval = build_trainer(*parse_args(argv)).evaluator
+    trainer = build_trainer(*parse_args([*argv, "--encode_backend", "onednn"]))
+    assert trainer.evaluator.encode_backend == "onednn"
+    used = []
+    real = onednn_backend.OneDNNEncoder._hidden
+    monkeypatch.setattr(onednn_backend.OneDNNEncoder, "_hidden", lambda self, b, s: used.append(s) or real(self, b, s))
+    fast_metrics = trainer.evaluator(trainer.model.encoder)
+    assert used  # guard: the fused copy did the encoding
+    expected = torch_eval(trainer.model.encoder)
+    assert fast_metrics.keys() == expected.keys()
+    for name, value in expected.items():
+        assert fast_metrics[name] == pytest.approx(value, abs=1e-6)
+
+
+def test_run_dense_refuses_onednn_evaluation_with_lora_before_training(tiny_bert_dir, tmp_path):
+    from llm_embedder.training.run import build_trainer, parse_args
+
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(tmp_path / "o"), "--use_cpu", "--lora",
+            "--train_data", "llm-embedder:llm_embedder_toy/qa.json", "--encode_backend", "onednn"]
+    with pytest.raises(UserError, match=r"^--encode_backend onednn: not with LoRA"):
+        build_trainer(*parse_args(argv))

@@ -380,8 +380,10 @@ class DenseEncoder(nn.Module):
     # ------------------------------------------------------------------ inference path
     def encode(self, texts: Sequence[str], side: str = "key", instruction: str = "", batch_size: int = 64,
                show_progress: bool = True) -> np.ndarray:
-        """``[N, D]`` float32 embeddings in input order; batches of similar length, no gradient, eval mode."""
-        return self.encode_with(self.embed, texts, side, instruction, batch_size, show_progress)
+        """``[N, D]`` float32 embeddings in input order; batches of similar length, no gradient, eval mode.
+        The batches are already cut by token count, so each runs as one call (no ``split_by_length`` groups:
+        splitting a sorted batch saves few pads and costs smaller products, ~8% slower in bench_encode)."""
+        return self.encode_with(self._embed_padded, texts, side, instruction, batch_size, show_progress)
 
     def encode_with(self, embed_batch, texts: Sequence[str], side: str = "key", instruction: str = "",
                     batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
