@@ -7,9 +7,15 @@ random corpus document as negative (seeded), every text truncated to ``--max_len
 * ours: ``EmbedderModel`` (the module ``run_dense.py``'s trainer optimises) around
   ``DenseEncoder.from_pretrained(..., pooling_method="mean", normalize=True)`` with the InfoNCE loss
   (``cos_temperature=0.05``, in-batch negatives), batches built by ``EmbedderCollator`` from the texts
-  inside the timed step (tokenisation included, as in real training), ``torch.optim.AdamW``.
+  inside the timed step (tokenisation included, as in real training), each batch embedded in groups of
+  similar length as ``run_dense.py`` does (``--split_batch_by_length``; ``--no_split`` turns it off),
+  ``torch.optim.AdamW(fused=True)`` (Hugging Face's default optimiser with torch >= 2.8, which both our
+  trainer and sentence-transformers' trainer use).
 * theirs: ``SentenceTransformer(folder)`` with ``losses.MultipleNegativesRankingLoss`` (scale 20 = 1/0.05),
-  features tokenised with ``model.tokenize`` inside the timed step, the same ``torch.optim.AdamW``.
+  features tokenised with ``model.tokenize`` inside the timed step, the same fused AdamW.
+
+``--config_overrides 'attention_probs_dropout_prob=0'`` changes both models' config alike (Hugging Face
+``run_mlm.py`` syntax): attention dropout is what keeps BERT training on CPU off the fused attention kernel.
 
 One warm-up step per side is excluded; then ``--rounds`` rounds of ``--steps`` steps per side, alternating
 A B / B A, both sides seeing the same batches in the same order. Reported per side: median seconds per
@@ -85,6 +91,20 @@ def gemm_peak(n: int, reps: int) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+def write_profile(path: str, step, batch, args) -> None:
+    """Profile one step of ``step`` and write the top operators by self CPU time (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batch)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    header = (f"# one training step of ours (torch.profiler, self CPU time; both threads' time summed)\n"
+              f"# {' '.join(sys.argv)}\n# config_overrides={args.config_overrides} split_batch_by_length={not args.no_split}\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(header + table + "\n", encoding="utf-8")
+    print(f"wrote the profile to {path}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="minilm")
@@ -99,6 +119,12 @@ def main() -> None:
     p.add_argument("--gemm_size", type=int, default=2048)
     p.add_argument("--gemm_reps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config_overrides", default=None, help="applied to BOTH models' configs, e.g. attention_probs_dropout_prob=0")
+    p.add_argument("--bf16", action="store_true", help="both sides run forward under torch.autocast('cpu', bfloat16), as "
+                                                       "--bf16 does in both trainers (weights and optimiser stay fp32)")
+    p.add_argument("--no_split", action="store_true", help="ours embeds each batch as one padded batch")
+    p.add_argument("--profile", default=None, help="also profile one step of ours with torch.profiler and write the "
+                                                   "top operators by self CPU time to this file")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "bench_train.json"))
     args = p.parse_args()
 
@@ -120,21 +146,36 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     encoder = DenseEncoder.from_pretrained(model_dir, pooling_method="mean", normalize=True,
-                                           query_max_length=args.max_length, key_max_length=args.max_length)
+                                           query_max_length=args.max_length, key_max_length=args.max_length,
+                                           config_overrides=args.config_overrides)
+    encoder.split_by_length = not args.no_split
     ours = EmbedderModel(encoder, LossParams(cos_temperature=0.05, negative_cross_device=False)).train()
-    ours_opt = torch.optim.AdamW(ours.parameters(), lr=args.lr)
+    ours_opt = torch.optim.AdamW(ours.parameters(), lr=args.lr, fused=True)
     collator = EmbedderCollator(encoder, default_task="qa")
 
     torch.manual_seed(args.seed)
-    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    st_config = {}
+    if args.config_overrides:
+        from transformers import AutoConfig
+
+        overridden = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        overridden.update_from_string(args.config_overrides)
+        st_config = {kv.split("=")[0]: getattr(overridden, kv.split("=")[0]) for kv in args.config_overrides.split(",")}
+    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True, config_kwargs=st_config)
     st.max_seq_length = args.max_length
     st.train()
     st_loss = losses.MultipleNegativesRankingLoss(st, scale=20.0)
-    st_opt = torch.optim.AdamW(st.parameters(), lr=args.lr)
+    for name in st_config:  # the same config on both sides
+        assert getattr(st[0].auto_model.config, name) == getattr(encoder.config, name), name
+    st_opt = torch.optim.AdamW(st.parameters(), lr=args.lr, fused=True)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
 
     def ours_step(batch):
         inputs = collator([{"query": q, "keys": [pos, neg], "task": "qa"} for q, pos, neg in batch])
-        loss = ours(**inputs)["loss"]
+        with autocast():
+            loss = ours(**inputs)["loss"]
         loss.backward()
         ours_opt.step()
         ours_opt.zero_grad()
@@ -142,7 +183,8 @@ def main() -> None:
 
     def st_step(batch):
         features = [st.tokenize([row[i] for row in batch]) for i in range(3)]
-        loss = st_loss(features, None)
+        with autocast():
+            loss = st_loss(features, None)
         loss.backward()
         st_opt.step()
         st_opt.zero_grad()
@@ -189,6 +231,8 @@ def main() -> None:
                 print(f"round {r} step {s}: {name:38s} {times[name][-1]:6.2f} s wall, {cpu_times[name][-1]:6.2f} CPU-s",
                       flush=True)
 
+    if args.profile:
+        write_profile(args.profile, ours_step, batches[-1], args)
     ours_name, st_name = list(systems)
     per = {}
     for name in systems:
@@ -203,7 +247,10 @@ def main() -> None:
     timed = [counts[1 + i] for i in range(args.rounds * args.steps)]
     out = {"benchmark": "training step throughput, MiniLM, SciFact (query, positive, negative) rows",
            "batch_size": args.batch_size, "texts_per_example": 3, "max_length": args.max_length,
-           "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": 1, "lr": args.lr, "dtype": "float32",
+           "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": 1, "lr": args.lr,
+           "dtype": "bfloat16 autocast (fp32 weights)" if args.bf16 else "float32",
+           "optimizer": "torch.optim.AdamW(fused=True), both sides", "config_overrides_both_sides": args.config_overrides,
+           "ours_split_batch_by_length": not args.no_split,
            "torch_threads": torch.get_num_threads(), "cos_temperature_ours": 0.05, "scale_sentence_transformers": 20.0,
            "per_side": per,
            "ratio_ours_over_sentence_transformers": round(per[ours_name]["examples_per_s"] / per[st_name]["examples_per_s"], 3),

@@ -23,6 +23,6 @@ start=$(date +%s)
   --query_max_length 64 --key_max_length 256 \
   --metrics ndcg recall mrr --cutoffs 10 100 \
   --add_instruction false --weight_decay 0 --negative_cross_device false --hits 100 \
-  --eval_on_start --logging_steps 5 --seed 42
+  --eval_on_start --logging_steps 5 --seed 42 --encode_backend onednn
 .venv/bin/llm-embedder report "$OUT/metrics.json" --metrics eval_ndcg@10 eval_recall@100 eval_mrr@10
 echo "quickstart wall time: $(( $(date +%s) - start )) s; model saved in $OUT (load it with SentenceTransformer('$OUT'))"

@@ -36,6 +36,36 @@ def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict:
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "targets": int(len(d))}
 
 
+def summarise_targets(rows: Sequence[dict], seed: int = 0) -> dict:
+    """A row of the eval_lm summary from its per-target lines: the NLL summary, plus, where the lines carry
+    them, accuracy (``correct``) with its bootstrap interval, the mean summed NLL with the token-weighted
+    perplexity (``nll_sum``, ``answer_tokens``) and the rate at which the gold key was retrieved."""
+    out = summarise([t["nll"] for t in rows], seed)
+    if rows and "correct" in rows[0]:
+        acc = [float(t["correct"]) for t in rows]
+        out.update(accuracy=float(np.mean(acc)), accuracy_ci95=list(bootstrap_ci(acc, seed)))
+    if rows and "nll_sum" in rows[0]:
+        tokens = sum(sum(t["answer_tokens"]) / len(t["answer_tokens"]) for t in rows)
+        out.update(mean_nll_sum=float(np.mean([t["nll_sum"] for t in rows])),
+                   token_weighted_ppl=math.exp(sum(t["nll_sum"] for t in rows) / tokens))
+    if rows and "gold_retrieved" in rows[0]:
+        out["gold_retrieved"] = float(np.mean([t["gold_retrieved"] for t in rows]))
+    return out
+
+
+def compare_targets(a: Sequence[dict], b: Sequence[dict], seed: int = 0) -> dict:
+    """Paired comparison of two rows' per-target lines (same targets, same order): :func:`paired` on the NLL,
+    and, where the lines carry ``correct``, on the errors (``accuracy.mean_gain`` = accuracy(a) - accuracy(b))."""
+    ids_a, ids_b = [t["query_id"] for t in a], [t["query_id"] for t in b]
+    if ids_a != ids_b:
+        raise ValueError("the two rows cover different targets")
+    out = paired([t["nll"] for t in a], [t["nll"] for t in b], seed)
+    if a and "correct" in a[0]:
+        acc = paired([1.0 - t["correct"] for t in a], [1.0 - t["correct"] for t in b], seed)
+        out["accuracy"] = {"mean_gain": acc.pop("mean_gain_nats"), **acc}
+    return out
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     from scipy.stats import spearmanr
 

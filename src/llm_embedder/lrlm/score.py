@@ -46,11 +46,14 @@ def check_window(records: Sequence[dict], sets: Sequence[Sequence[KeySet]], sep_
                                 f"{len(p) + len(t)} tokens, beyond the LM's {window} positions")
 
 
-def units(records: Sequence[dict], sets: Sequence[Sequence[KeySet]], sep_ids, token_budget: int) -> list[list[int]]:
-    """Consecutive record indices grouped so that pairs x longest input stays within the budget."""
+Sequence_ = tuple[list[int], list[int]]  # (prompt ids, target ids)
+
+
+def units(items: Sequence[Sequence[Sequence_]], token_budget: int) -> list[list[int]]:
+    """Consecutive item indices grouped so that sequences x longest sequence stays within the budget."""
     out, current, pairs, longest = [], [], 0, 0
-    for i, (record, rsets) in enumerate(zip(records, sets)):
-        lengths = [sum(map(len, lm_input(record, keys, sep_ids))) for keys in rsets]
+    for i, seqs in enumerate(items):
+        lengths = [len(p) + len(t) for p, t in seqs]
         n, top = pairs + len(lengths), max([longest, *lengths])
         if current and n * top > token_budget:
             out.append(current)
@@ -62,72 +65,84 @@ def units(records: Sequence[dict], sets: Sequence[Sequence[KeySet]], sep_ids, to
     return out
 
 
-def fingerprint(records, sets, sep_ids, model_desc: dict, token_budget: int) -> str:
-    h = hashlib.sha256(json.dumps([model_desc.get("path"), model_desc.get("dtype"), token_budget, list(sep_ids)]).encode())
-    for record, rsets in zip(records, sets):
-        h.update(json.dumps([record["key_ids"], record["context_ids"], record["query_ids"], record["answer_ids"],
-                             [list(s) for s in rsets]]).encode())
-    return h.hexdigest()
+def fingerprint(model_desc: dict, token_budget: int) -> str:
+    """The identity of the scoring set-up (model, dtype, batching); a partial file of another is refused."""
+    return hashlib.sha256(json.dumps([model_desc.get("path"), model_desc.get("dtype"), token_budget]).encode()).hexdigest()
 
 
-def _load_partial(path: Path, fp: str) -> dict[int, dict]:
+def item_digest(seqs: Sequence[Sequence_]) -> str:
+    """The identity of one item's work: every sequence's ids."""
+    return hashlib.sha256(json.dumps([[list(p), list(t)] for p, t in seqs]).encode()).hexdigest()[:32]
+
+
+def _load_partial(path: Path, fp: str) -> dict[str, list] | None:
+    """Item digest -> log-probs from a partial file (None when there is none yet)."""
     if not path.is_file():
-        return {}
-    done: dict[int, dict] = {}
+        return None
+    done: dict[str, list] = {}
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     try:
         head = json.loads(lines[0])
     except (json.JSONDecodeError, IndexError):
-        return {}
+        return None
     if head.get("fingerprint") != fp:
-        raise UserError(f"{path}: partial scores of different inputs or arguments; delete it to start over")
+        raise UserError(f"{path}: partial scores of another model or --token_budget; delete it to start over")
     for line in lines[1:]:
         try:
-            unit = json.loads(line)
+            done.update(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line torn by a kill
-        for i, result in unit.items():
-            done[int(i)] = result
     return done
 
 
-def score_key_sets(records: Sequence[dict], sets: Sequence[Sequence[KeySet]], sep_ids, scorer, token_budget: int,
-                   partial: Path | None = None, model_desc: dict | None = None, progress: bool = True) -> list[dict]:
-    """For each record, ``{key set: per-token log-probs of the target}`` (key sets as tuples)."""
-    plan = units(records, sets, sep_ids, token_budget)
-    fp = fingerprint(records, sets, sep_ids, model_desc or {}, token_budget)
-    done = _load_partial(partial, fp) if partial else {}
-    results: list[dict | None] = [None] * len(records)
-    for i, r in done.items():
-        results[i] = {tuple(k): v for k, v in zip(r["sets"], r["logprobs"])}
+def score_items(items: Sequence[Sequence[Sequence_]], scorer, token_budget: int, partial: Path | None = None,
+                model_desc: dict | None = None, progress: bool = True, desc: str = "LM sequences",
+                known: dict | None = None) -> list[list[list[float]]]:
+    """Per item (a target), per sequence: the per-token log-probs of its target ids.
+
+    Items are the unit of work: packed into forward passes of at most ``token_budget`` padded tokens, each
+    finished unit appended to ``partial`` (fsynced, keyed by each item's digest) so a killed run resumes and
+    returns exactly what an uninterrupted run returns, and a run over more items (a larger ``--max_queries``)
+    reuses the items already scored. ``known`` maps ``(prompt ids, target ids)`` tuples to log-probs already
+    scored in this process (e.g. by another retriever that picked the same keys); items whose sequences are
+    all known are not scored again, and newly scored sequences are added to it.
+    """
+    fp = fingerprint(model_desc or {}, token_budget)
+    loaded = _load_partial(partial, fp) if partial else None
+    digests = [item_digest(seqs) for seqs in items]
+    results: list[list | None] = [(loaded or {}).get(d) for d in digests]
+    memo = known if known is not None else {}
+    keys = [[(tuple(p), tuple(t)) for p, t in seqs] for seqs in items]
+    for i in range(len(items)):  # only what was known before this call, so a resumed run batches as a fresh one
+        if results[i] is None and all(k in memo for k in keys[i]):
+            results[i] = [memo[k] for k in keys[i]]
+    for i, values in enumerate(results):
+        if values is not None:
+            memo.update(zip(keys[i], values))
     out = None
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not partial.is_file() or not done
-        out = open(partial, "w" if fresh else "a", encoding="utf-8")
-        if fresh:
+        out = open(partial, "w" if loaded is None else "a", encoding="utf-8")
+        if loaded is None:
             out.write(json.dumps({"fingerprint": fp}) + "\n")
     from tqdm.auto import tqdm
 
-    todo = [u for u in plan if any(results[i] is None for i in u)]
-    bar = tqdm(total=sum(len(sets[i]) for u in todo for i in u), desc="lrlm pairs", unit="pair", disable=not progress)
+    todo = [u for u in units(items, token_budget) if any(results[i] is None for i in u)]
+    bar = tqdm(total=sum(len(items[i]) for u in todo for i in u if results[i] is None), desc=desc, unit="seq",
+               disable=not progress)
     start, tokens = time.perf_counter(), 0
     try:
         for unit in todo:
-            seqs, owners = [], []
-            for i in unit:
-                for keys in sets[i]:
-                    seqs.append(lm_input(records[i], keys, sep_ids))
-                    owners.append((i, keys))
+            unit = [i for i in unit if results[i] is None]
+            seqs = [s for i in unit for s in items[i]]
             batch_logprobs = token_logprobs(scorer, seqs)
-            line = {}
-            for (i, keys), lp in zip(owners, batch_logprobs):
-                results[i] = results[i] or {}
-                results[i][keys] = lp
-                entry = line.setdefault(str(i), {"sets": [], "logprobs": []})
-                entry["sets"].append(list(keys))
-                entry["logprobs"].append(lp)
+            line, at = {}, 0
+            for i in unit:
+                results[i] = batch_logprobs[at:at + len(items[i])]
+                at += len(items[i])
+                line[digests[i]] = results[i]
+                memo.update(zip(keys[i], results[i]))
             if out is not None:
                 out.write(json.dumps(line) + "\n")
                 out.flush()
@@ -140,6 +155,14 @@ def score_key_sets(records: Sequence[dict], sets: Sequence[Sequence[KeySet]], se
         if out is not None:
             out.close()
     return results  # type: ignore[return-value]
+
+
+def score_key_sets(records: Sequence[dict], sets: Sequence[Sequence[KeySet]], sep_ids, scorer, token_budget: int,
+                   partial: Path | None = None, model_desc: dict | None = None, progress: bool = True) -> list[dict]:
+    """For each lrlm record, ``{key set: per-token log-probs of the target}`` (key sets as tuples)."""
+    items = [[lm_input(r, keys, sep_ids) for keys in rsets] for r, rsets in zip(records, sets)]
+    scored = score_items(items, scorer, token_budget, partial, model_desc, progress, desc="lrlm pairs")
+    return [{tuple(keys): lp for keys, lp in zip(rsets, values)} for rsets, values in zip(sets, scored)]
 
 
 def token_logprobs(scorer, seqs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -157,4 +180,4 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-__all__ = ["lm_input", "check_window", "units", "score_key_sets", "token_logprobs", "KeySet"]
+__all__ = ["lm_input", "check_window", "units", "score_items", "score_key_sets", "token_logprobs", "KeySet"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
+from ..modeling.backends import add_backend_argument, check_backend, with_backend
 from ..resources import cache_dir as default_cache_dir
 from ..schema import write_json
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", "--per_device_eval_batch_size", type=int, default=64)
     p.add_argument("--chunk_size", type=int, default=256, help="rows per cached chunk (the unit of resuming and sharding)")
     p.add_argument("--cache_dir", default=None, help="chunk cache for resuming (default $LLM_EMBEDDER_CACHE or .cache)")
+    add_backend_argument(p)
     return p
 
 
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None, build_encoder=None) -> int:
         raise UserError(f"--batch_size: must be at least 1, got {args.batch_size}")
     if args.chunk_size < 1:
         raise UserError(f"--chunk_size: must be at least 1, got {args.chunk_size}")
+    if build_encoder is not None and args.encode_backend != "torch":
+        raise UserError("--encode_backend: only for the torch encoder (this command runs its own)")
+    check_backend(args.encode_backend)
     from ..corpus import load_corpus
     from ..resources import resolve_encoder
     from ..schema import read_records
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None, build_encoder=None) -> int:
     encoder = (build_encoder or DenseEncoder.from_pretrained)(
         model_dir, pooling_method=args.pooling_method, append_eos=args.append_eos,
         query_max_length=args.query_max_length, key_max_length=args.key_max_length)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    encoder = with_backend(encoder, args.encode_backend, cache)
     from .retriever import eval_instructions
 
     query_instruction, key_instruction = eval_instructions(args.task, args.add_instruction,
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None, build_encoder=None) -> int:
     chunk_size = args.chunk_size
     lo, hi = shard_rows(len(texts), chunk_size, num_shards, shard_index)
     emb = encode_texts(encoder, texts, side=args.side, instruction=instruction, batch_size=args.batch_size,
-                       cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), model_dir=model_dir,
+                       cache_dir=cache, model_dir=model_dir,
                        ids=ids, chunk_size=chunk_size, num_shards=num_shards, shard_index=shard_index,
                        describe={"input": str(args.input), "key_template": args.key_template})
     save_npy(npy_path, emb)

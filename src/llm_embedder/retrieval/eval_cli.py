@@ -23,6 +23,7 @@ from pathlib import Path
 from ..corpus import load_corpus
 from ..argparsing import ArgParser, BoolFlag
 from ..errors import UserError, cli_guard
+from ..modeling.backends import add_backend_argument, check_backend, with_backend
 from ..resources import cache_dir as default_cache_dir
 from ..runinfo import versions
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="search all positives plus N seeded other rows (labelled in the outputs)")
     dense.add_argument("--seed", type=int, default=0)
     dense.add_argument("--cache_dir", default=None, help="corpus-embedding and BM25-index cache (default $LLM_EMBEDDER_CACHE or .cache)")
+    add_backend_argument(dense)
 
     bm25 = p.add_argument_group("bm25")
     bm25.add_argument("--bm25_backend", choices=("pyserini", "bm25s", "rank_bm25"), default="pyserini")
@@ -111,6 +113,8 @@ def validate_args(args) -> None:
         raise UserError("--corpus_subsample: only for --retrieval_method dense")
     if args.batch_size < 1:
         raise UserError(f"--batch_size: must be at least 1, got {args.batch_size}")
+    if args.retrieval_method == "dense":
+        check_backend(args.encode_backend)
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise UserError(f"--output_dir: {args.output_dir} exists and is not a folder")
 
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = DenseEncoder.from_pretrained(model_dir, pooling_method=args.pooling_method,
                                                query_max_length=args.query_max_length,
                                                key_max_length=args.key_max_length)
+        encoder = with_backend(encoder, args.encode_backend, cache)
         instructions = eval_instructions(eval_task(records, args.task), args.add_instruction, encoder.instructions)
         keep = None
         if args.corpus_subsample:

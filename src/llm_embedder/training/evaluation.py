@@ -28,6 +28,7 @@ class RetrievalEvaluator:
     on_groups: bool = False
     seed: int = 0
     instruction_table: dict | None = None  # {task: (query, key)} the run trains with; None: the task registry's
+    encode_backend: str = "torch"  # --encode_backend: onednn / onnxruntime wrap a copy of the weights per call
 
     @property
     def mode(self) -> str:
@@ -45,8 +46,10 @@ class RetrievalEvaluator:
         return eval_instructions(self.task, self.add_instruction, getattr(encoder, "instructions", None))
 
     def __call__(self, encoder) -> dict:
+        from ..modeling.backends import with_backend
         from ..retrieval.evaluate import evaluate_dense, evaluate_groups
 
+        encoder = with_backend(encoder, self.encode_backend)  # built from the current weights, every call
         query_instruction, key_instruction = self.instructions(encoder)
         if self.on_groups:
             result = evaluate_groups(encoder, self.records, self.corpus, self.metrics, self.cutoffs,

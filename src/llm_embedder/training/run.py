@@ -185,6 +185,19 @@ def run_info(model_args, data_args, training_args) -> dict:
     }
 
 
+def check_eval_backend(data_args, model_args, training_args) -> None:
+    """A non-torch ``--encode_backend`` copies the fp32 weights on the CPU at every evaluation: refuse, before
+    training, the runs where that cannot work (LoRA adapters, a GPU, ZeRO-3 shards)."""
+    backend = data_args.encode_backend
+    if backend == "torch":
+        return
+    if model_args.lora_rank or model_args.lora_adapter:
+        raise UserError(f"--encode_backend {backend}: not with LoRA during training (evaluate the saved model instead)")
+    if training_args.deepspeed or training_args.device.type != "cpu":
+        raise UserError(f"--encode_backend {backend}: evaluation during training on the CPU only, without DeepSpeed; "
+                        "use --encode_backend torch")
+
+
 def build_trainer(model_args, data_args, training_args):
     """Validate inputs, load the encoder and assemble the trainer (no training yet)."""
     from ..data.collator import EmbedderCollator
@@ -194,6 +207,7 @@ def build_trainer(model_args, data_args, training_args):
     from .evaluation import RetrievalEvaluator
     from .trainer import EmbedderTrainer
 
+    check_eval_backend(data_args, model_args, training_args)
     _, train_dataset, eval_file, eval_corpus = load_inputs(model_args, data_args, training_args)
     if training_args.deepspeed:
         from ..distributed import init_deepspeed_comm
@@ -210,8 +224,9 @@ def build_trainer(model_args, data_args, training_args):
         lora_target_modules=model_args.lora_target_modules, append_eos=model_args.append_eos,
         quantization_config=quantization_config(model_args.load_in_4bit, model_args.load_in_8bit,
                                                 model_args.lora_rank or bool(model_args.lora_adapter)),
-        lora_adapter=model_args.lora_adapter,
+        lora_adapter=model_args.lora_adapter, config_overrides=model_args.config_overrides,
     )
+    encoder.split_by_length = training_args.split_batch_by_length
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
         tasks |= {eval_file.records[0].get("task", data_args.default_task)}
@@ -222,7 +237,7 @@ def build_trainer(model_args, data_args, training_args):
             eval_file, eval_corpus, data_args.metrics, data_args.cutoffs, task=eval_task(eval_file.records, None, data_args.default_task),
             add_instruction=bool(instructions), instruction_table=instructions, hits=data_args.hits,
             batch_size=training_args.per_device_eval_batch_size, corpus_subsample=data_args.eval_corpus_subsample,
-            on_groups=data_args.eval_on_groups, seed=training_args.seed)
+            on_groups=data_args.eval_on_groups, seed=training_args.seed, encode_backend=data_args.encode_backend)
     trainer = EmbedderTrainer(
         model=encoder, args=training_args, train_dataset=train_dataset,
         # HF refuses --eval_strategy steps/epoch without an eval_dataset; our evaluate() reads the evaluator
