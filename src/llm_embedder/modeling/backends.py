@@ -13,6 +13,7 @@ the weights when it is built.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
@@ -60,7 +61,7 @@ def with_backend(encoder, backend: str, cache_dir: str | os.PathLike | None = No
     return OneDNNEncoder(encoder)
 
 
-class InferenceEncoder:
+class InferenceEncoder(ABC):
     """A :class:`DenseEncoder` whose ``encode`` runs its transformer(s) another way (subclasses say how).
 
     ``settings()``, ``instructions``, ``embedding_dim``, ``tokenizer`` and ``state_dict()`` are the wrapped
@@ -103,8 +104,9 @@ class InferenceEncoder:
     def _prepare(self, side: str) -> None:
         pass
 
+    @abstractmethod
     def _hidden(self, batch, side: str) -> "torch.Tensor":
-        raise NotImplementedError
+        """``[N, L, H]`` last hidden states of a padded batch, computed by the backend."""
 
     def _embed_batch(self, batch, side: str) -> "torch.Tensor":
         return self.encoder.head(self._hidden(batch, side), batch["attention_mask"], side)
