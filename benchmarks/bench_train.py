@@ -9,6 +9,8 @@ random corpus document as negative (seeded), every text truncated to ``--max_len
   (``cos_temperature=0.05``, in-batch negatives), batches built by ``EmbedderCollator`` from the texts
   inside the timed step (tokenisation included, as in real training), each batch embedded in groups of
   similar length as ``run_dense.py`` does (``--split_batch_by_length``; ``--no_split`` turns it off),
+  attention dropout by ``modeling/attention_dropout.py`` as ``run_dense.py`` does on CPU
+  (``--fast_attention_dropout``; ``--torch_attention_dropout`` uses torch's own, as theirs does),
   ``torch.optim.AdamW(fused=True)`` (Hugging Face's default optimiser with torch >= 2.8, which both our
   trainer and sentence-transformers' trainer use).
 * theirs: ``SentenceTransformer(folder)`` with ``losses.MultipleNegativesRankingLoss`` (scale 20 = 1/0.05),
@@ -99,7 +101,8 @@ def write_profile(path: str, step, batch, args) -> None:
         step(batch)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     header = (f"# one training step of ours (torch.profiler, self CPU time; both threads' time summed)\n"
-              f"# {' '.join(sys.argv)}\n# config_overrides={args.config_overrides} split_batch_by_length={not args.no_split}\n")
+              f"# {' '.join(sys.argv)}\n# config_overrides={args.config_overrides} split_batch_by_length={not args.no_split} "
+              f"fast_attention_dropout={not args.torch_attention_dropout}\n")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(header + table + "\n", encoding="utf-8")
     print(f"wrote the profile to {path}", flush=True)
@@ -123,6 +126,8 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="both sides run forward under torch.autocast('cpu', bfloat16), as "
                                                        "--bf16 does in both trainers (weights and optimiser stay fp32)")
     p.add_argument("--no_split", action="store_true", help="ours embeds each batch as one padded batch")
+    p.add_argument("--torch_attention_dropout", action="store_true",
+                   help="ours uses torch's attention dropout (run_dense.py --fast_attention_dropout false)")
     p.add_argument("--profile", default=None, help="also profile one step of ours with torch.profiler and write the "
                                                    "top operators by self CPU time to this file")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "bench_train.json"))
@@ -149,6 +154,7 @@ def main() -> None:
                                            query_max_length=args.max_length, key_max_length=args.max_length,
                                            config_overrides=args.config_overrides)
     encoder.split_by_length = not args.no_split
+    encoder.fast_attention_dropout = not args.torch_attention_dropout
     ours = EmbedderModel(encoder, LossParams(cos_temperature=0.05, negative_cross_device=False)).train()
     ours_opt = torch.optim.AdamW(ours.parameters(), lr=args.lr, fused=True)
     collator = EmbedderCollator(encoder, default_task="qa")
@@ -251,6 +257,7 @@ def main() -> None:
            "dtype": "bfloat16 autocast (fp32 weights)" if args.bf16 else "float32",
            "optimizer": "torch.optim.AdamW(fused=True), both sides", "config_overrides_both_sides": args.config_overrides,
            "ours_split_batch_by_length": not args.no_split,
+           "ours_fast_attention_dropout": not args.torch_attention_dropout,
            "torch_threads": torch.get_num_threads(), "cos_temperature_ours": 0.05, "scale_sentence_transformers": 20.0,
            "per_side": per,
            "ratio_ours_over_sentence_transformers": round(per[ours_name]["examples_per_s"] / per[st_name]["examples_per_s"], 3),

@@ -35,6 +35,7 @@ from ..io import write_json
 from ..resources import resolve_encoder
 from .encoder_settings import (DEFAULTS, EncoderSettings, check_instructions, check_lora, check_settings,  # noqa: F401
                                resolve_settings)
+from .attention_dropout import cpu_attention_dropout
 from .length_groups import length_groups
 from .loading import _add_lora, _resume_lora, _torch_dtype, apply_config_overrides
 from .pooling import get_pooling, pool
@@ -88,6 +89,7 @@ class DenseEncoder(nn.Module):
         self.lora = lora  # {"rank", "alpha", "dropout", "target_modules"} when adapters are attached
         self.append_eos = bool(append_eos)  # end every text with the EOS token (last-token pooling on decoders)
         self.split_by_length = True  # embed(): run a padded batch in groups of similar length (same vectors)
+        self.fast_attention_dropout = True  # embed() in training on CPU: .attention_dropout instead of torch's fallback
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -280,7 +282,14 @@ class DenseEncoder(nn.Module):
 
         With ``split_by_length`` (the default) a right-padded batch runs in groups of similar length, each
         cut to its own longest row (:mod:`.length_groups`): the same vectors, fewer pad positions computed.
+        With ``fast_attention_dropout`` (the default), training on CPU computes attention dropout with
+        :mod:`.attention_dropout` (the same distribution, other random draws, about a third of the time).
         """
+        with cpu_attention_dropout(self.fast_attention_dropout and self.training and self.device.type == "cpu"):
+            return self._embed_groups(batch, side)
+
+    def _embed_groups(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
+        """``embed`` without the attention switch: length groups, else one padded batch."""
         mask = batch["attention_mask"]
         if self.split_by_length and mask.dim() == 2 and mask.shape[0] > 1 and self.tokenizer.padding_side == "right":
             lengths = mask.sum(dim=1).tolist()

@@ -227,6 +227,7 @@ def build_trainer(model_args, data_args, training_args):
         lora_adapter=model_args.lora_adapter, config_overrides=model_args.config_overrides,
     )
     encoder.split_by_length = training_args.split_batch_by_length
+    encoder.fast_attention_dropout = training_args.fast_attention_dropout
     tasks = {data_args.default_task} | set(train_dataset.tasks if train_dataset is not None else [])
     if eval_file is not None:
         tasks |= {eval_file.records[0].get("task", data_args.default_task)}
