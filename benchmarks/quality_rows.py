@@ -50,6 +50,9 @@ class Recipe:
     query_max_length: int = 64
     key_max_length: int = 256
     instruction: bool = False
+    # ours: PyTorch's attention dropout, as every unit of the table so far ran (before modeling/attention_dropout.py
+    # became run_dense.py's default); `--set fast_attention_dropout=true` is another recipe, in its own folder
+    fast_attention_dropout: bool = False
 
     def with_overrides(self, pairs: list[str]) -> "Recipe":
         """``["temperature=0.02", ...]`` -> a new recipe; unknown names and bad values are one-line errors."""
@@ -132,7 +135,8 @@ def run_dense_cmd(ctx: Context, out: Path, seed: int, train_files: list[str], gr
            "--cos_temperature", str(r.temperature), "--query_max_length", str(r.query_max_length),
            "--key_max_length", str(r.key_max_length), "--add_instruction", str(r.instruction).lower(),
            "--weight_decay", "0", "--negative_cross_device", "false", "--logging_steps", "5", "--seed", str(seed),
-           "--disable_tqdm", "true", "--report_to", "none", *extra]
+           "--disable_tqdm", "true", "--report_to", "none",
+           "--fast_attention_dropout", str(r.fast_attention_dropout).lower(), *extra]
     if ctx.checkpoints:
         cmd += ["--save_strategy", "steps", "--save_steps", str(checkpoint_steps(ctx)), "--save_only_model", "true"]
     else:

@@ -104,6 +104,17 @@ def test_recipe_overrides_and_tag():
     assert qr.Recipe().tag() == "default"
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_ours_pins_the_attention_dropout_of_the_recipe(tmp_path, fast):
+    """The table's units all ran with PyTorch's attention dropout; run_dense.py's default is now ours, so the
+    recipe pins it in every command (and the other choice is another recipe, in its own folder)."""
+    recipe = qr.Recipe().with_overrides([f"fast_attention_dropout={fast}"])
+    assert recipe.tag() == ("fast_attention_dropout=True" if fast else "default")
+    ctx = qr.Context("scifact", qr.DATASETS["scifact"], recipe, "t", None, None, "llm-embedder:scifact/test.json", n_train=4)
+    cmd = qr.run_dense_cmd(ctx, tmp_path, 0, ["t"], 2)
+    assert cmd[cmd.index("--fast_attention_dropout") + 1] == str(fast).lower()
+
+
 def test_shared_inputs_refuse_other_sizes(tmp_path):
     inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
     inputs.folder.mkdir(parents=True)
