@@ -113,6 +113,29 @@ def test_dropout_masks_are_replayed():
     assert_same_grads(got, ref)
 
 
+def test_our_attention_dropout_masks_are_replayed_too(monkeypatch):
+    """run_dense.py's default CPU attention dropout (modeling/attention_dropout.py) draws from torch's generator,
+    so GradCache's replayed forward draws the same masks: the same gradients as the graph-holding run."""
+    from llm_embedder.modeling import attention_dropout as ad
+
+    calls = []
+    real = ad.dropout_attention
+    monkeypatch.setattr(ad, "dropout_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    class OurDropoutEncoder(TinyEncoder):
+        def embed(self, inputs, side):
+            with ad.cpu_attention_dropout():
+                return super().embed(inputs, side)
+
+    model = OurDropoutEncoder(dropout=0.3).train()
+    torch.manual_seed(42)
+    ref_out, ref = uncached(model, chunk_size=3)
+    assert calls  # guard: the attention ran through our dropout
+    torch.manual_seed(42)
+    out, got = cached(model, 3)
+    assert out["loss"].item() == pytest.approx(ref_out["loss"].item(), rel=1e-12)
+    assert_same_grads(got, ref)
+
+
 def test_without_replayed_rng_the_gradients_would_differ(monkeypatch):
     model = TinyEncoder(dropout=0.3).train()
     torch.manual_seed(42)
