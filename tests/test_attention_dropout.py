@@ -80,6 +80,12 @@ def test_no_dropout_is_torchs_own_call(monkeypatch):
     assert calls == [0.0]  # guard: with dropout the call is ours
 
 
+def test_dropout_of_one_is_refused():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="dropout_p must be below 1"):
+        ad.dropout_attention(q, k, v, dropout_p=0.999999)
+
+
 def test_keep_rate_and_unbiased_expectation():
     torch.manual_seed(0)
     keep = ad.keep_mask((64, 12, 64, 64), 0.1)

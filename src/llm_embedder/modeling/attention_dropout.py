@@ -56,8 +56,9 @@ def dropout_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if dropout_p <= 0.0 or query.device.type != "cpu" or enable_gqa or quantized_drop_probability(dropout_p) == 0.0:
         return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
-    if not 0.0 < dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    p = quantized_drop_probability(dropout_p)
+    if p >= 1.0:
+        raise ValueError(f"dropout_p must be below 1 (after rounding to 1/65,536), got {dropout_p}")
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(query * scale, key.transpose(-2, -1))
     length_q, length_k = query.shape[-2], key.shape[-2]
@@ -73,7 +74,6 @@ def dropout_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     probs = torch.softmax(scores, dim=-1)
     if bool_mask is not None:  # a row with no allowed key: zeros, as torch's function gives, not NaN
         probs = probs.nan_to_num(0.0)
-    p = quantized_drop_probability(dropout_p)
     probs = torch.where(keep_mask(probs.shape, p, probs.device), probs, 0.0)
     return torch.matmul(probs, value) * (1.0 / (1.0 - p))
 
