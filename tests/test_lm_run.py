@@ -114,6 +114,34 @@ def test_resume_after_a_kill_rescoring_nothing_twice(tmp_path, qa_file, tiny_lm_
     assert meta["counts"]["pairs_resumed_from_partial"] == saved_lines
 
 
+def test_resume_from_a_copy_of_the_lm_elsewhere_but_not_from_other_weights(tmp_path, qa_file, tiny_lm_dir, monkeypatch):
+    """The resume fingerprint follows the LM's files, not its path: the same model in another venv or checkout
+    resumes; a model whose files differ is refused."""
+    import shutil
+
+    copies = [shutil.copytree(tiny_lm_dir, tmp_path / name) for name in ("venv-a", "venv-b", "venv-c")]
+    common = ["--eval_data", qa_file, "--save_name", "tiny", "--token_budget", "64", "--max_length", "64",
+              "--save_every", "1", "--output_dir", tmp_path / "out"]
+    real, calls = LMScorer.score_batch, []
+
+    def dies_once(self, sequences):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real(self, sequences)
+
+    monkeypatch.setattr(LMScorer, "score_batch", dies_once)
+    with pytest.raises(Killed):
+        score(common + ["--model_name_or_path", copies[0]])
+    config = copies[2] / "config.json"
+    config.write_text(config.read_text() + "\n")  # a changed file (its size differs), still a loadable model
+    with pytest.raises(UserError, match="partial scores of a different run"):
+        score(common + ["--model_name_or_path", copies[2]])
+    score(common + ["--model_name_or_path", copies[1]])  # the same files at another path: resumes
+    meta = json.loads((tmp_path / "out" / "train.scored.tiny.meta.json").read_text())
+    assert meta["counts"]["pairs_resumed_from_partial"] >= 1
+
+
 def test_partial_scores_of_other_work_are_refused(tmp_path, qa_file, tiny_lm_dir, monkeypatch):
     common = ["--eval_data", qa_file, "--model_name_or_path", tiny_lm_dir, "--save_name", "tiny", "--token_budget", "64",
               "--max_length", "64", "--save_every", "1"]

@@ -110,6 +110,14 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
     }
 
 
+def lm_files(folder: str | os.PathLike) -> dict[str, int]:
+    """Names and sizes of the LM folder's weight, config and tokenizer files: what identifies the model for a
+    resume (not the folder's path, which changes with the venv or checkout holding it, nor mtimes)."""
+    root = Path(folder)
+    return {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*"))
+            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")}
+
+
 def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_info: dict, rank: int,
                     world: int) -> tuple[list[float] | None, int]:
     """Score this rank's share of the batches not yet in the partial folder; rank 0 gets every pair's score
@@ -118,7 +126,8 @@ def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_
 
     sequences = [(p.prompt_ids, p.target_ids) for p in plan.pairs]
     batches = pack_batches([len(p) + len(t) for p, t in sequences], args.token_budget)
-    partial = PartialScores(output, plan.fingerprint({"lm": lm_info, "token_budget": args.token_budget}), rank)
+    identity = {**{k: v for k, v in lm_info.items() if k not in ("path", "source")}, "files": lm_files(lm_info["path"])}
+    partial = PartialScores(output, plan.fingerprint({"lm": identity, "token_budget": args.token_budget}), rank)
     done = partial.load(len(sequences))
     if rank == 0 and args.save_every:
         partial.start()
