@@ -133,3 +133,17 @@ def test_embed_uses_it_in_training_only(tiny_bert_dir, monkeypatch, fast):
     assert (len(calls) > 0) == fast and all(p == pytest.approx(0.1) for p in calls)
     assert encoder.model.embeddings.word_embeddings.weight.grad is not None
     assert F.scaled_dot_product_attention is TORCH_SDPA
+
+
+def test_not_under_gradient_checkpointing(tiny_bert_dir, monkeypatch):
+    """Checkpointing recomputes the forward in backward, outside embed's switch: the two passes must match, so
+    the encoder keeps torch's attention there (this raised CheckpointError before)."""
+    encoder = DenseEncoder.from_pretrained(tiny_bert_dir, query_max_length=32, key_max_length=32)
+    encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    real = ad.dropout_attention
+    monkeypatch.setattr(ad, "dropout_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    encoder.train()
+    emb = encoder.embed(encoder.tokenize(["a short query", "a somewhat longer query about cells"], side="query"))
+    emb.sum().backward()
+    assert calls == []

@@ -285,7 +285,10 @@ class DenseEncoder(nn.Module):
         With ``fast_attention_dropout`` (the default), training on CPU computes attention dropout with
         :mod:`.attention_dropout` (the same distribution, other random draws, about a third of the time).
         """
-        with cpu_attention_dropout(self.fast_attention_dropout and self.training and self.device.type == "cpu"):
+        # not under gradient checkpointing: its recomputation in backward runs outside this switch
+        checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
+        with cpu_attention_dropout(self.fast_attention_dropout and self.training and not checkpointing
+                                   and self.device.type == "cpu"):
             return self._embed_groups(batch, side)
 
     def _embed_groups(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
