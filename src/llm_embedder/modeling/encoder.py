@@ -282,13 +282,11 @@ class DenseEncoder(nn.Module):
 
         With ``split_by_length`` (the default) a right-padded batch runs in groups of similar length, each
         cut to its own longest row (:mod:`.length_groups`): the same vectors, fewer pad positions computed.
-        With ``fast_attention_dropout`` (the default), training on CPU computes attention dropout with
-        :mod:`.attention_dropout` (the same distribution, other random draws, about a third of the time).
+        With ``fast_attention_dropout`` (the default), training on CPU without gradient checkpointing (whose
+        backward recomputation runs outside this switch) computes attention dropout with :mod:`.attention_dropout`.
         """
-        # not under gradient checkpointing: its recomputation in backward runs outside this switch
-        checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
-        with cpu_attention_dropout(self.fast_attention_dropout and self.training and not checkpointing
-                                   and self.device.type == "cpu"):
+        fast = self.fast_attention_dropout and self.training and self.device.type == "cpu"
+        with cpu_attention_dropout(fast and not getattr(self.model, "is_gradient_checkpointing", False)):
             return self._embed_groups(batch, side)
 
     def _embed_groups(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
