@@ -96,3 +96,11 @@ def cpu_attention_dropout(enabled: bool = True):
             _patch_depth -= 1
             if _patch_depth == 0:
                 F.scaled_dot_product_attention = _TORCH_SDPA
+
+
+def attention_dropout_for(model: torch.nn.Module, enabled: bool = True):
+    """:func:`cpu_attention_dropout` for one forward pass of ``model``: on when ``enabled`` and the model is
+    training on CPU without gradient checkpointing (whose backward recomputation would run outside the switch)."""
+    on = (enabled and model.training and next(model.parameters()).device.type == "cpu"
+          and not getattr(model, "is_gradient_checkpointing", False))
+    return cpu_attention_dropout(on)

@@ -35,7 +35,7 @@ from ..io import write_json
 from ..resources import resolve_encoder
 from .encoder_settings import (DEFAULTS, EncoderSettings, check_instructions, check_lora, check_settings,  # noqa: F401
                                resolve_settings)
-from .attention_dropout import cpu_attention_dropout
+from .attention_dropout import attention_dropout_for
 from .length_groups import length_groups
 from .loading import _add_lora, _resume_lora, _torch_dtype, apply_config_overrides
 from .pooling import get_pooling, pool
@@ -285,8 +285,7 @@ class DenseEncoder(nn.Module):
         With ``fast_attention_dropout`` (the default), training on CPU without gradient checkpointing (whose
         backward recomputation runs outside this switch) computes attention dropout with :mod:`.attention_dropout`.
         """
-        fast = self.fast_attention_dropout and self.training and self.device.type == "cpu"
-        with cpu_attention_dropout(fast and not getattr(self.model, "is_gradient_checkpointing", False)):
+        with attention_dropout_for(self.model, self.fast_attention_dropout):
             return self._embed_groups(batch, side)
 
     def _embed_groups(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
