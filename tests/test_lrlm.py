@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_embedder.lrlm import metrics
+from llm_embedder.lrlm import fitted, metrics
 from llm_embedder.lrlm.build import BuildParams, build, python_files
 from llm_embedder.lrlm.score import lm_input, score_key_sets
 from test_lm_fixtures import one_torch_thread, reference_score, tiny_lm, tiny_lm_dir  # noqa: F401  (fixtures)
@@ -196,6 +196,26 @@ def test_oracle_is_never_worse_than_any_method(built, tiny_lm_dir, tmp_path):
     assert len(_read(tmp_path / "ev" / "bm25.k2.jsonl")[0]["keys"]) == 2
 
 
+def test_fitted_ranker_is_fitted_on_train_files_and_ranks_test_targets(built, tiny_lm_dir, tmp_path):
+    from llm_embedder.lrlm.teacher import main as teacher
+
+    for split in ("train", "test"):
+        assert teacher(["--eval_data", str(built / f"{split}.json"), "--model_name_or_path", str(tiny_lm_dir),
+                        "--save_name", "tiny", "--output_dir", str(tmp_path)]) == 0
+    assert _eval(["--eval_data", str(tmp_path / "test.scored.tiny.json"), "--lm", str(tiny_lm_dir), "--retrieval_method",
+                  "fitted", "oracle", "--fit_data", str(tmp_path / "train.scored.tiny.json"), "--output_dir", str(tmp_path / "ev")]) == 0
+    info = json.loads((tmp_path / "ev" / "fitted.json").read_text())
+    assert info["targets"] == len(_read(built / "train.json")) and set(info["coefficients"]) == set(fitted.FEATURES)
+    fitted_rows = _read(tmp_path / "ev" / "fitted.k1.jsonl")
+    oracle = [x["nll"] for x in _read(tmp_path / "ev" / "oracle.k1.jsonl")]
+    assert len(fitted_rows) == len(oracle) and all(o <= x["nll"] + 1e-12 for o, x in zip(oracle, fitted_rows))
+    # the reliability table gets the cross-fitted ranker when bm25 and a dense encoder are ranked
+    assert _eval(["--eval_data", str(tmp_path / "train.scored.tiny.json"), "--reliability", "--retrieval_method", "bm25",
+                  "dense", "--model_name_or_path", "minilm", "--output_dir", str(tmp_path / "rel")]) == 0
+    rel = json.loads((tmp_path / "rel" / "reliability.json").read_text())
+    assert "fitted_model" in rel["rows_second_half"] and "fitted_vs_best" in rel
+
+
 def _synthetic(n_keys=4, n_tok=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     keys = (-torch.rand(n_keys, n_tok, generator=g) * 3).tolist()
@@ -238,6 +258,11 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, built, sou
         (_eval, ["--eval_data", str(built / "test.json"), "--lm", str(tiny_lm_dir), "--k", "5", "--retrieval_method", "bm25",
                  "--output_dir", str(tmp_path / "e")], "--k 5 is larger than the smallest candidate pool (4 keys)"),
     ]
+    cases.append((_eval, ["--eval_data", str(built / "test.json"), "--lm", str(tiny_lm_dir), "--retrieval_method", "fitted",
+                          "--output_dir", str(tmp_path / "e")], "--retrieval_method fitted and --fit_data"))
+    cases.append((_eval, ["--eval_data", str(built / "test.json"), "--lm", str(tiny_lm_dir), "--retrieval_method", "fitted",
+                          "--fit_data", str(built / "test.json"), "--output_dir", str(tmp_path / "e")],
+                  "shares source files with --eval_data"))
     monkeypatch.setitem(LM_ALIASES, "missing-lm", ModelAlias("no_such_pkg_xyz", "", "pip install no-such-pkg", "m.gguf"))
     cases.append((_eval, ["--eval_data", str(built / "test.json"), "--lm", "missing-lm", "--output_dir", str(tmp_path / "e")],
                   "model package 'no_such_pkg_xyz' is not installed"))

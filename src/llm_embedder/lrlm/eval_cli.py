@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import UserError, cli_guard
 from ..resources import resolve_data_path, resolve_encoder, resolve_lm
 from ..schema import write_json, write_records
-from . import metrics, retrievers
+from . import fitted, metrics, retrievers
 from .teacher import read_lrlm
 from ..argparsing import ArgParser
 
@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="paired comparison of two row labels (repeatable)")
-    p.add_argument("--reliability", action="store_true", help="split-half reliability of the teacher on a scored file")
+    p.add_argument("--reliability", action="store_true", help="split-half reliability of the teacher on a scored file "
+                   "(with bm25 and dense: also a ranker cross-fitted on other files, the preference's systematic part)")
+    p.add_argument("--fit_data", default=None, help="--retrieval_method fitted: the scored TRAIN lrlm file the small "
+                   "feature ranker is fitted on (other source files than --eval_data)")
+    p.add_argument("--fit_encoder", default="minilm", help="the encoder whose ranks are a feature of the fitted ranker")
     p.add_argument("--token_budget", type=int, default=8192, help="padded tokens per forward pass (batch x length)")
     qa = p.add_argument_group("qa / icl")
     qa.add_argument("--corpus", default=None, help="qa: the corpus the keys are retrieved from (JSONL; row = key index)")
@@ -83,6 +87,8 @@ def _check_common(args) -> None:
         raise UserError("--retrieval_method dense needs --model_name_or_path (an alias or a saved encoder)")
     if args.labels is not None and len(args.labels) != len(args.model_name_or_path):
         raise UserError(f"--labels: {len(args.labels)} labels for {len(args.model_name_or_path)} models")
+    if ("fitted" in args.retrieval_method) != (args.fit_data is not None):
+        raise UserError("--retrieval_method fitted and --fit_data (a scored train file) go together")
     if args.task == "lrlm":
         given = [f"--{n}" for n in ANSWER_TASK_FLAGS if getattr(args, n) is not None]
         if given:
@@ -90,8 +96,9 @@ def _check_common(args) -> None:
         return
     if args.reliability:
         raise UserError(f"--reliability: only for --task lrlm (a scored lrlm file), not --task {args.task}")
-    if "privileged" in args.retrieval_method:
-        raise UserError(f"--retrieval_method privileged: only for --task lrlm (the chunk holding a definition)")
+    for method in ("privileged", "fitted"):
+        if method in args.retrieval_method:
+            raise UserError(f"--retrieval_method {method}: only for --task lrlm")
     for name in ("max_queries", "max_length", "key_max_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -109,6 +116,8 @@ def _check(args, records) -> None:
     scored = all("key_token_logprobs" in r for r in records)
     if args.reliability and not scored:
         raise UserError("--reliability needs a scored file (python -m llm_embedder.lrlm.teacher)")
+    if args.fit_data is not None:
+        _fit_records(args, records)  # checked before any work
     if "oracle" in args.retrieval_method and not scored:
         raise UserError("--retrieval_method oracle needs the LM's score of every key alone: pass a scored file "
                         "(python -m llm_embedder.lrlm.teacher)")
@@ -130,7 +139,35 @@ def rankings(args, records) -> dict[str, list[list[int]]]:
             out["privileged"] = retrievers.rank_privileged(records)
     for label, load in loaders:
         out[label] = retrievers.rank_dense(records, load())
+    if "fitted" in args.retrieval_method:
+        out["fitted"] = _fitted_ranking(args, records)
     return out
+
+
+def _feature_ranks(records, encoder) -> dict[str, list[list[int]]]:
+    return {"bm25": retrievers.rank_bm25(records), "dense": retrievers.rank_dense(records, encoder)}
+
+
+def _fit_records(args, records) -> list[dict]:
+    """``--fit_data``'s records: scored, and from other source files than the evaluated ones (one line if not)."""
+    train, _ = read_lrlm(args.fit_data)
+    shared = {r.get("source") for r in train} & {r.get("source") for r in records}
+    if shared:
+        raise UserError(f"--fit_data {args.fit_data} shares source files with --eval_data ({sorted(shared)[0]}, ...): "
+                        "fit on train files only")
+    if not all("teacher_scores" in r for r in train):
+        raise UserError(f"--fit_data {args.fit_data}: not scored (python -m llm_embedder.lrlm.teacher)")
+    return train
+
+
+def _fitted_ranking(args, records) -> list[list[int]]:
+    """Fit the feature ranker on ``--fit_data``'s teacher scores; rank ``records`` with it (coefficients saved)."""
+    train = _fit_records(args, records)
+    encoder = retrievers.load_encoder(args.fit_encoder)()
+    model = fitted.fit(train, _feature_ranks(train, encoder), [r["teacher_scores"] for r in train])
+    write_json(Path(args.output_dir) / "fitted.json", {"fit_data": str(args.fit_data), "targets": len(train),
+                                                        "encoder": args.fit_encoder, "coefficients": fitted.coefficients(model)})
+    return fitted.rank(model, records, _feature_ranks(records, encoder))
 
 
 def _lazy_scorer(load_model):
@@ -298,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.reliability:
         args_methods = [m for m in args.retrieval_method if m in ("random", "bm25", "dense")]
         args.retrieval_method = args_methods
-        result = metrics.reliability(records, rankings(args, records), args.seed)
+        ranks = rankings(args, records)
+        dense = [label for label, _ in dense_labels(args)]
+        cross_fit = None
+        if "bm25" in ranks and dense:  # the feature ranker cross-fitted by file on first halves
+            feature_ranks = {"bm25": ranks["bm25"], "dense": ranks[dense[0]]}
+            cross_fit = lambda firsts: fitted.cross_fitted_rankings(records, feature_ranks, firsts)  # noqa: E731
+        result = metrics.reliability(records, ranks, args.seed, cross_fit)
         write_json(Path(args.output_dir) / "reliability.json", result)
         _print_rows(result["rows_second_half"], f"reliability (second halves), split-half Spearman {result['spearman_split_half']:.3f}")
         return 0

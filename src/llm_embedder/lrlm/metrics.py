@@ -6,7 +6,7 @@ number of tokens, so the mean over targets is the mean per token); perplexity = 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,14 +83,17 @@ def nll_of(logprobs: Sequence[float], part: slice = slice(None)) -> float:
     return -float(np.mean(logprobs[part]))
 
 
-def reliability(records: Sequence[dict], baselines: dict[str, list[list[int]]], seed: int = 0) -> dict:
+def reliability(records: Sequence[dict], baselines: dict[str, list[list[int]]], seed: int = 0,
+                fitted: Callable[[list[list[float]]], list[list[int]]] | None = None) -> dict:
     """Split-half reliability of the teacher's candidate preference on scored records.
 
     Each target's tokens are cut into halves. Per target: Spearman between the candidates' first-half and
     second-half scores; the cross-fitted oracle picks the best candidate on the FIRST half and is scored on
     the SECOND; every other row (baselines given as rankings, the privileged key, the in-sample oracle) is
     scored on the second half too, so all rows are comparable. Returns rows, the Spearman mean and the
-    privileged key's top-1 rate and mean rank (full-target scores).
+    privileged key's top-1 rate and mean rank (full-target scores). ``fitted`` (optional) maps every target's
+    first-half candidate scores to rankings made without the target itself (a model cross-fitted on other
+    files, :mod:`.fitted`): its pick is the ``fitted_model`` row, the systematic part of the preference.
     """
     rows: dict[str, list[float]] = {"none": []}
     rows.update({name: [] for name in baselines})
@@ -99,11 +102,17 @@ def reliability(records: Sequence[dict], baselines: dict[str, list[list[int]]], 
     if has_priv:
         rows["privileged"] = []
     rhos, priv_top1, priv_rank = [], [], []
-    for i, r in enumerate(records):
-        keys = r["key_token_logprobs"]
+    firsts, seconds = [], []
+    for r in records:
         first, second = halves(len(r["answer_ids"]))
-        s1 = [-nll_of(lp, first) for lp in keys]
-        s2 = [-nll_of(lp, second) for lp in keys]
+        firsts.append([-nll_of(lp, first) for lp in r["key_token_logprobs"]])
+        seconds.append([-nll_of(lp, second) for lp in r["key_token_logprobs"]])
+    fitted_ranks = fitted(firsts) if fitted is not None else None
+    if fitted_ranks is not None:
+        rows["fitted_model"] = [-s2[ranking[0]] for s2, ranking in zip(seconds, fitted_ranks)]
+    for i, r in enumerate(records):
+        first, second = halves(len(r["answer_ids"]))
+        s1, s2 = firsts[i], seconds[i]
         rhos.append(spearman(s1, s2))
         rows["none"].append(nll_of(r["none_token_logprobs"], second))
         for name, ranking in baselines.items():
@@ -122,6 +131,8 @@ def reliability(records: Sequence[dict], baselines: dict[str, list[list[int]]], 
     best = min(baselines, key=lambda n: np.mean(rows[n])) if baselines else "none"
     out["best_baseline"] = best
     out["cross_fitted_vs_best"] = paired(rows["cross_fitted_oracle"], rows[best], seed)
+    if fitted_ranks is not None:
+        out["fitted_vs_best"] = paired(rows["fitted_model"], rows[best], seed)
     if has_priv:
         n_keys = float(np.mean([len(r["key_ids"]) for r in records]))
         out["privileged_top1_rate"] = float(np.mean(priv_top1))

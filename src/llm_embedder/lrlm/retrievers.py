@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import UserError
 from .lexical import bm25_rank
 
-METHODS = ("none", "random", "bm25", "dense", "oracle", "privileged")
+METHODS = ("none", "random", "bm25", "dense", "oracle", "privileged", "fitted")  # fitted: .fitted, in eval_cli
 
 
 def rank_random(records: Sequence[dict], seed: int = 0) -> list[list[int]]:
