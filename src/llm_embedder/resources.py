@@ -101,6 +101,15 @@ def _piece_path(piece: str) -> Path | None:
     return None if spec is None or spec.origin is None else Path(spec.origin).parent / rel
 
 
+def lm_install_command(name: str) -> str | None:
+    """The pip command that installs an LM alias's missing packages (None: installed, or not an alias)."""
+    alias = LM_ALIASES.get(str(name).lower())
+    if alias is None:
+        return None
+    modules = [piece.split("/")[0] for piece in alias.parts] or [alias.package]
+    return alias.install if any(importlib.util.find_spec(m) is None for m in modules) else None
+
+
 def assembled_gguf(name: str, alias: ModelAlias) -> Path:
     """The folder holding ``alias.gguf_file`` assembled from its pieces under ``cache_dir()/gguf/<name>``.
 
