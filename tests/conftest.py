@@ -14,6 +14,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+STALE_LOCK_S = 900  # a JIT build of DeepSpeed's CPU op takes about a minute; a lock this old is a killed build's
+
+
+def remove_stale_extension_locks(root: Path | None = None, older_than_s: float = STALE_LOCK_S) -> list[Path]:
+    """Delete ``<torch_extensions>/*/lock`` files older than ``older_than_s``.
+
+    A test run killed while DeepSpeed JIT-builds ``deepspeed_shm_comm`` leaves torch's FileBaton lock behind,
+    and every later DeepSpeed test then waits on it forever (a local rerun hung 8 minutes on one).
+    """
+    import time
+
+    root = root or Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    removed = []
+    for pattern in ("*/*/lock", "*/lock"):  # <root>/py311_cpu/<op>/lock, or <root>/<op>/lock
+        for lock in root.glob(pattern) if root.is_dir() else []:
+            if time.time() - lock.stat().st_mtime > older_than_s:
+                lock.unlink(missing_ok=True)
+                removed.append(lock)
+    return removed
+
+
+def pytest_sessionstart(session):
+    for lock in remove_stale_extension_locks():
+        print(f"removed a stale torch extension build lock: {lock}")
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
