@@ -59,7 +59,7 @@ def study(out: Path, k: int = 1) -> dict:
     chosen = min(distilled, key=rank)
     tied = sorted(r for r in distilled if abs(valid_mean[r] - valid_mean[chosen]) < 1e-9)
     table = {}
-    for label in [b for b in BASELINES if b in test] + ["privileged", "oracle"]:
+    for label in [b for b in BASELINES if b in test] + ["privileged", "fitted", "oracle"]:
         if label in test:
             table[label] = metrics.summarise(test[label])
     for recipe, seeds in sorted(test_recipes.items()):
@@ -81,6 +81,9 @@ def study(out: Path, k: int = 1) -> dict:
               "chosen_vs_best_baseline": metrics.paired(chosen_nll, baselines[best]),
               "chosen_per_seed_vs_best_baseline": {s: metrics.paired(v, baselines[best]) for s, v in test_recipes[chosen].items()},
               "valid_mean_nll": valid_mean}
+    if "fitted" in test:  # the feature ranker fitted on the same teacher scores: a learned, non-neural reference
+        result["fitted_vs_best_baseline"] = metrics.paired(test["fitted"], baselines[best])
+        result["chosen_vs_fitted"] = metrics.paired(chosen_nll, test["fitted"])
     if "privileged" in test:
         gap = np.mean(baselines[best]) - np.mean(test["privileged"])
         result["share_of_gap_to_definition_recovered"] = float((np.mean(baselines[best]) - np.mean(chosen_nll)) / gap) if gap else None
@@ -103,6 +106,11 @@ def markdown(result: dict) -> str:
     for r, c in result.get("each_recipe_vs_best_baseline", {}).items():
         lines.append(f"- `{r}` vs `{result['best_baseline']}`: {c['mean_gain_nats']:+.4f} nats/token, "
                      f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
+    for key, name in (("fitted_vs_best_baseline", f"`fitted` vs `{result['best_baseline']}`"),
+                      ("chosen_vs_fitted", f"`{result['chosen_recipe_on_valid']}` vs `fitted`")):
+        if key in result:
+            c = result[key]
+            lines.append(f"- {name}: {c['mean_gain_nats']:+.4f} nats/token, [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
     if result.get("share_of_gap_to_definition_recovered") is not None:
         lines.append(f"Share of the gap between `{result['best_baseline']}` and the definition's chunk recovered: "
                      f"{result['share_of_gap_to_definition_recovered']:.2f}.")
