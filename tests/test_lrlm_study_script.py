@@ -1,5 +1,5 @@
-"""``scripts/lrlm-study.sh`` end to end at toy size: every stage runs, the study table is written, and a second
-run resumes (nothing is rebuilt, rescored or retrained)."""
+"""``scripts/lrlm-study.sh`` end to end at toy size: every stage runs, the study table is written, a second
+run resumes (nothing is rebuilt, rescored or retrained), and the settings sweep measures another setting."""
 from __future__ import annotations
 
 import json
@@ -27,8 +27,8 @@ def test_the_study_script_runs_every_stage_and_resumes(tmp_path, tiny_lm_dir, ti
                ENCODER=str(tiny_bert_dir), CHUNK="16", N_CAND="4", TEST_FILES="2", VALID_FILES="1", N_TRAIN="12",
                N_VALID="4", N_TEST="6", N_REL="6", SCORE_TRAIN="12", SCORE_VALID="4", SCORE_TEST="6", SCORE_REL="6",
                SEEDS="1", RECIPES="kl", BATCH="4", THREADS="1")
-    run = lambda: subprocess.run(["bash", str(REPO / "scripts" / "lrlm-study.sh")], env=env, cwd=tmp_path,  # noqa: E731
-                                 capture_output=True, text=True, timeout=900)
+    run = lambda *stages: subprocess.run(["bash", str(REPO / "scripts" / "lrlm-study.sh"), *stages], env=env,  # noqa: E731
+                                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     first = run()
     assert first.returncode == 0, first.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
@@ -42,3 +42,9 @@ def test_the_study_script_runs_every_stage_and_resumes(tmp_path, tiny_lm_dir, ti
     assert second.returncode == 0, second.stderr[-3000:]
     assert "exists" in second.stdout
     assert [p for p, t in stamps.items() if p.stat().st_mtime != t] == []  # data, scores and models were reused
+    # the settings sweep: reliability of another setting (here 8-token chunks) on train files
+    env["SWEEP"] = f"tiny-chunk8:{tiny_lm_dir}:6:8:chunk"
+    sweep = run("sweep")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    rel = json.loads((out / "sweep" / "tiny-chunk8" / "reliability" / "reliability.json").read_text())
+    assert 2 <= rel["targets"] <= 6 and "fitted_model" in rel["rows_second_half"]
