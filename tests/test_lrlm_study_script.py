@@ -42,9 +42,9 @@ def test_the_study_script_runs_every_stage_and_resumes(tmp_path, tiny_lm_dir, ti
     assert second.returncode == 0, second.stderr[-3000:]
     assert "exists" in second.stdout
     assert [p for p, t in stamps.items() if p.stat().st_mtime != t] == []  # data, scores and models were reused
-    # the settings sweep: reliability of another setting (here 8-token chunks) on train files
-    env["SWEEP"] = f"tiny-chunk8:{tiny_lm_dir}:6:8:chunk"
+    # the settings sweep: reliability of another setting (here: 5 train targets) on train files
+    env["SWEEP"] = f"tiny-5:{tiny_lm_dir}:5:16:chunk"
     sweep = run("sweep")
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    rel = json.loads((out / "sweep" / "tiny-chunk8" / "reliability" / "reliability.json").read_text())
-    assert 2 <= rel["targets"] <= 6 and "fitted_model" in rel["rows_second_half"]
+    rel = json.loads((out / "sweep" / "tiny-5" / "reliability" / "reliability.json").read_text())
+    assert rel["targets"] == 5 and "fitted_model" in rel["rows_second_half"]
