@@ -116,8 +116,7 @@ def _check(args, records) -> None:
     scored = all("key_token_logprobs" in r for r in records)
     if args.reliability and not scored:
         raise UserError("--reliability needs a scored file (python -m llm_embedder.lrlm.teacher)")
-    if args.fit_data is not None:
-        _fit_records(args, records)  # checked before any work
+    args.fit_records = _fit_records(args, records) if args.fit_data is not None else None  # checked before any work
     if "oracle" in args.retrieval_method and not scored:
         raise UserError("--retrieval_method oracle needs the LM's score of every key alone: pass a scored file "
                         "(python -m llm_embedder.lrlm.teacher)")
@@ -162,7 +161,7 @@ def _fit_records(args, records) -> list[dict]:
 
 def _fitted_ranking(args, records) -> list[list[int]]:
     """Fit the feature ranker on ``--fit_data``'s teacher scores; rank ``records`` with it (coefficients saved)."""
-    train = _fit_records(args, records)
+    train = args.fit_records
     encoder = retrievers.load_encoder(args.fit_encoder)()
     model = fitted.fit(train, _feature_ranks(train, encoder), [r["teacher_scores"] for r in train])
     write_json(Path(args.output_dir) / "fitted.json", {"fit_data": str(args.fit_data), "targets": len(train),

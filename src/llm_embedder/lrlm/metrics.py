@@ -107,14 +107,13 @@ def reliability(records: Sequence[dict], baselines: dict[str, list[list[int]]], 
         first, second = halves(len(r["answer_ids"]))
         firsts.append([-nll_of(lp, first) for lp in r["key_token_logprobs"]])
         seconds.append([-nll_of(lp, second) for lp in r["key_token_logprobs"]])
+        rows["none"].append(nll_of(r["none_token_logprobs"], second))
     fitted_ranks = fitted(firsts) if fitted is not None else None
     if fitted_ranks is not None:
         rows["fitted_model"] = [-s2[ranking[0]] for s2, ranking in zip(seconds, fitted_ranks)]
     for i, r in enumerate(records):
-        first, second = halves(len(r["answer_ids"]))
         s1, s2 = firsts[i], seconds[i]
         rhos.append(spearman(s1, s2))
-        rows["none"].append(nll_of(r["none_token_logprobs"], second))
         for name, ranking in baselines.items():
             rows[name].append(-s2[ranking[i][0]])
         rows["cross_fitted_oracle"].append(-s2[int(np.argmax(s1))])
