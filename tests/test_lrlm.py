@@ -258,6 +258,9 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, built, sou
         (_eval, ["--eval_data", str(built / "test.json"), "--lm", str(tiny_lm_dir), "--k", "5", "--retrieval_method", "bm25",
                  "--output_dir", str(tmp_path / "e")], "--k 5 is larger than the smallest candidate pool (4 keys)"),
     ]
+    cases.append((convert, [str(source_dir), "--output_dir", str(tmp_path / "o8"), "--tokenizer", str(tiny_lm_dir),
+                            "--chunk_tokens", "8", "--targets", "defref", "--test_files", "2", "--valid_files", "1"],
+                  "split: no defref targets in its files with --chunk_tokens 8"))
     cases.append((_eval, ["--eval_data", str(built / "test.json"), "--lm", str(tiny_lm_dir), "--retrieval_method", "fitted",
                           "--output_dir", str(tmp_path / "e")], "--retrieval_method fitted and --fit_data"))
     cases.append((_eval, ["--eval_data", str(built / "test.json"), "--lm", str(tiny_lm_dir), "--retrieval_method", "fitted",
@@ -272,6 +275,7 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, built, sou
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o8").exists()  # a split without targets stops before anything is written
 
 
 def test_report_chooses_the_recipe_on_valid_and_never_on_test(tmp_path):

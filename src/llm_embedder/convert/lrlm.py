@@ -68,12 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(folder, "--tokenizer")
     sep_ids = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
     splits = build(files, root, tokenizer, params)
+    out_dir = resolve_data_path(args.output_dir)
     for split in SPLITS:
-        rf = RecordFile(path=root / f"{split}.json", records=splits[split], lines=list(range(1, len(splits[split]) + 1)))
+        if not splits[split]:
+            raise UserError(f"{split} split: no {params.targets} targets in its files with --chunk_tokens {params.chunk_tokens}, "
+                            f"--context_chunks {params.context_chunks}, --candidate_unit {params.candidate_unit}, "
+                            f"--min_candidates {params.min_candidates} (longer files, or other settings); nothing written")
+        rf = RecordFile(path=out_dir / f"{split}.json", records=splits[split], lines=list(range(1, len(splits[split]) + 1)))
         problems = validate_records(rf)
         if problems:
             raise UserError(problems[0])
-    out_dir = resolve_data_path(args.output_dir)
     for split in SPLITS:
         records = splits[split]
         out = write_records(out_dir / f"{split}.json", records)
