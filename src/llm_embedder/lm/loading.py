@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..resources import cache_dir, resolve_lm
+from ..resources import cache_dir, canonical_lm_name, resolve_lm
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CONVERSION_INFO = "conversion.json"
@@ -123,7 +123,7 @@ def local_lm_dir(name_or_path: str | os.PathLike, argument: str = "--model_name_
         if not (src_dir / "config.json").is_file():
             raise UserError(f"{argument}: {src_dir} has no config.json (not a Hugging Face model folder)")
         return src_dir, None, str(src_dir)
-    alias = str(name_or_path).lower()
+    alias = canonical_lm_name(name_or_path)  # one conversion per model, whichever of its names was given
     dest = converted_dir(alias)
     if not _cached_conversion(src_dir, gguf_file, dest):
         if dest.exists():  # stale or foreign content: replace it
