@@ -30,6 +30,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import quality_inputs as qi  # noqa: E402
+from quality_compare import comparisons, markdown_comparisons  # noqa: E402
 from quality_plan import Unit, aggregate, markdown_table, pending, plan, read_result  # noqa: E402
 from quality_rows import DATASETS, ROWS, Context, Recipe, subprocess_runner  # noqa: E402
 
@@ -168,13 +169,17 @@ def run_unit(unit: Unit, ctx: Context, root: Path, log: Log, argv: list[str]) ->
 
 def write_aggregate(args, root: Path, log: Log, argv: list[str]) -> dict:
     table_rows = [r for r in ROWS if r in args.rows]  # the table's order, whatever order the units ran in
-    agg = aggregate(root, table_rows, {r: ROWS[r].label for r in ROWS})
+    labels = {r: ROWS[r].label for r in ROWS}
+    agg = aggregate(root, table_rows, labels)
+    agg["comparisons"] = comparisons(root, table_rows)
     agg.update({"dataset": args.dataset, "split": args.split, "recipe": args.recipe.__dict__,
                 "command": "python benchmarks/quality.py " + " ".join(argv), "machine": machine(),
                 "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     stem = Path(args.results) / results_stem(args)
     write_json(stem.with_suffix(".json"), agg)
     text = markdown_table(agg)
+    if agg["comparisons"]:
+        text += "\n" + markdown_comparisons(agg["comparisons"])
     atomic_write(stem.with_suffix(".md"), lambda f: f.write(text))
     log(f"aggregate: {stem}.json / .md")
     return agg

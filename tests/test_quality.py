@@ -263,3 +263,14 @@ def test_steps_curve_full_corpus_and_subsample(tmp_path, monkeypatch):
     assert png.stat().st_size > 1000
     with pytest.raises(ValueError, match="needs finished units"):
         quality_plot.curve(ctx, tmp_path, "b", 0, print)
+
+
+def test_aggregate_carries_the_paired_comparisons(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(quality, "ROWS", {"ours-bm25": fake_row("ours-bm25", calls), "st-mnrl": fake_row("st-mnrl", calls)})
+    argv = ["--rows", "ours-bm25", "st-mnrl", "--seeds", "0", "1", "--out", str(tmp_path), "--results", str(tmp_path / "res")]
+    assert quality.main(argv) == 0
+    agg = json.loads((tmp_path / "res" / "quality_scifact.json").read_text())
+    assert [(c["a"], c["b"]) for c in agg["comparisons"]] == [("ours-bm25", "st-mnrl")]
+    assert agg["comparisons"][0]["seeds"]["differences"] == [0.0, 0.0]     # the fake rows score alike per seed
+    assert "| `ours-bm25` minus `st-mnrl` | 0: +0.0000, 1: +0.0000 |" in (tmp_path / "res" / "quality_scifact.md").read_text()

@@ -10,16 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-BOOTSTRAP = 2000
-
-
-def bootstrap_ci(values: Sequence[float], seed: int = 0, n: int = BOOTSTRAP) -> tuple[float, float]:
-    """95% percentile interval of the mean (targets resampled with replacement)."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+from ..stats import bootstrap_ci
 
 
 def summarise(nll: Sequence[float], seed: int = 0) -> dict:

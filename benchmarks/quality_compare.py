@@ -1,0 +1,136 @@
+"""Paired comparisons between rows of the quality table: is one row's lead over another larger than its noise?
+
+Two views of the same question, both read from finished units (nothing is typed in):
+
+* **seeds**: the two rows' metric paired by seed number, the mean of the differences, their sample sd and a
+  paired t-test (scipy) when there are at least two pairs. Seeds pair runs by number only: two trainers use
+  their random draws differently, so this is a plain comparison of run-to-run spread.
+* **queries**: each row's per-query metric (the evaluation's ``{split}.metrics.{save_name}.jsonl`` lines)
+  averaged over the row's seeds that kept them, the mean difference over the test queries both rows cover, and
+  its paired 95 % bootstrap interval (queries resampled). This interval counts the sampling of test queries,
+  which three seeds cannot.
+
+A unit restored from an aggregate (no per-query lines) still counts in the seed view; a comparison whose rows
+have no per-query lines says so instead of printing an interval.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from quality_plan import RESULT_NAME, read_result
+
+from llm_embedder.stats import bootstrap_ci
+
+# (row A, row B): "does A beat B?", in the order the results page asks them
+COMPARISONS = (
+    ("ours-distill", "ours-bm25"),    # the issue's question: distillation vs contrastive only, same negatives
+    ("ours-bm25", "st-mnrl"),         # ours vs the peer on the same mined file and budget
+    ("ours-distill", "st-mnrl"),
+    ("ours-bm25", "ours-random"),     # hard negatives vs the quickstart's random ones
+)
+
+
+def seed_values(root: Path, row: str, metric: str) -> dict[int, float]:
+    """``{seed: metric}`` of a row's finished seeded units."""
+    out = {}
+    folder = Path(root) / row
+    for result_file in sorted(folder.glob(f"*/{RESULT_NAME}")) if folder.is_dir() else []:
+        result = read_result(result_file)
+        if result is not None and result.get("seed") is not None and metric in result["metrics"]:
+            out[int(result["seed"])] = float(result["metrics"][metric])
+    return out
+
+
+def per_query(root: Path, row: str, metric: str) -> tuple[dict[str, float], int]:
+    """The row's per-query metric averaged over the finished units that kept per-query lines, and how many did."""
+    sums: dict[str, list[float]] = {}
+    units = 0
+    folder = Path(root) / row
+    for result_file in sorted(folder.glob(f"*/{RESULT_NAME}")) if folder.is_dir() else []:
+        if read_result(result_file) is None:
+            continue
+        lines = sorted(result_file.parent.glob("*.metrics.*.jsonl"))
+        if len(lines) != 1:
+            continue
+        units += 1
+        with open(lines[0], encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    q = json.loads(line)
+                    sums.setdefault(str(q["query_id"]), []).append(float(q[metric]))
+    complete = {qid: statistics.fmean(v) for qid, v in sums.items() if len(v) == units}
+    return complete, units
+
+
+def compare(root: Path, row_a: str, row_b: str, metric: str = "ndcg@10", seed: int = 0) -> dict | None:
+    """One comparison (A minus B), or None when either row has no finished seeded unit."""
+    a, b = seed_values(root, row_a, metric), seed_values(root, row_b, metric)
+    if not a or not b:
+        return None
+    out: dict = {"a": row_a, "b": row_b, "metric": metric}
+    pairs = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in pairs]
+    out["seeds"] = {"paired_seeds": pairs, "differences": diffs,
+                    "mean": statistics.fmean(diffs) if diffs else None,
+                    "sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
+                    "t_test_p": _paired_t_p([a[s] for s in pairs], [b[s] for s in pairs])}
+    qa, units_a = per_query(root, row_a, metric)
+    qb, units_b = per_query(root, row_b, metric)
+    common = sorted(set(qa) & set(qb))
+    if common:
+        d = [qa[q] - qb[q] for q in common]
+        lo, hi = bootstrap_ci(d, seed)
+        out["queries"] = {"queries": len(common), "units_a": units_a, "units_b": units_b,
+                          "mean": statistics.fmean(d), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
+                          "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+    else:
+        out["queries"] = None
+    return out
+
+
+def _paired_t_p(x: Sequence[float], y: Sequence[float]) -> float | None:
+    if len(x) < 2:
+        return None
+    if statistics.pstdev([p - q for p, q in zip(x, y)]) < 1e-12:  # no spread: the t statistic is undefined
+        return None
+    from scipy.stats import ttest_rel
+
+    return float(ttest_rel(x, y).pvalue)
+
+
+def comparisons(root: Path, rows: Sequence[str], metric: str = "ndcg@10") -> list[dict]:
+    """Every comparison in :data:`COMPARISONS` whose two rows are in ``rows`` and have finished units."""
+    out = []
+    for row_a, row_b in COMPARISONS:
+        if row_a in rows and row_b in rows:
+            result = compare(root, row_a, row_b, metric)
+            if result is not None:
+                out.append(result)
+    return out
+
+
+def markdown_comparisons(found: list[dict]) -> str:
+    """The results page's comparison table, rows by their ``--rows`` names (A minus B; positive: A is ahead)."""
+    if not found:
+        return ""
+    lines = ["| A minus B (nDCG@10) | per seed | mean ± sd (t-test p) | over test queries: mean [95% CI], units A/B |",
+             "|---|---|---|---|"]
+    for c in found:
+        s, q = c["seeds"], c["queries"]
+        per_seed = ", ".join(f"{seed}: {d:+.4f}" for seed, d in zip(s["paired_seeds"], s["differences"])) or "no common seed"
+        if s["mean"] is None:
+            spread = "-"
+        else:
+            spread = f"{s['mean']:+.4f}" + (f" ± {s['sd']:.4f}" if s["sd"] is not None else "")
+            spread += f" (p = {s['t_test_p']:.2f})" if s["t_test_p"] is not None else ""
+        if q is None:
+            over = "no per-query lines"
+        else:
+            over = (f"{q['mean']:+.4f} [{q['ci95'][0]:+.4f}, {q['ci95'][1]:+.4f}]{' *' if q['significant'] else ''}, "
+                    f"{q['units_a']}/{q['units_b']}")
+        lines.append(f"| `{c['a']}` minus `{c['b']}` | {per_seed} | {spread} | {over} |")
+    return "\n".join(lines) + "\n\n* : the interval excludes 0. Per-query values are averaged over each row's seeds " \
+                              "that kept per-query lines (units A/B); units restored from an aggregate have none.\n"
