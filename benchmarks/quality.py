@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score_keys", type=int, default=4, help="keys per query the LM scores (positive first)")
     p.add_argument("--score_key_max_length", type=int, default=192, help="tokens of each key the LM sees")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and encoding")
+    p.add_argument("--score_processes", type=int, default=1,
+                   help="LM scoring processes (torchrun ranks, one thread each); 1 leaves a core to the rows that "
+                        "train meanwhile, the number of cores is fastest when only scored rows are left")
     p.add_argument("--stop_after", default=None, metavar="HH:MM",
                    help="UTC time after which no new unit starts (the aggregate is still written)")
     p.add_argument("--steps_plot", nargs="*", default=None, metavar="ROW",
@@ -98,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "(the distillation row trains on the scored keys)")
     if args.neg_depth < args.recipe.group_size - 1:
         p.error(f"--neg_depth {args.neg_depth}: needs at least group_size - 1 = {args.recipe.group_size - 1}")
+    if args.score_processes < 1:
+        p.error(f"--score_processes: {args.score_processes} must be at least 1")
     if args.stop_after is not None:
         try:
             hh, mm = (int(x) for x in args.stop_after.split(":"))
@@ -242,7 +247,7 @@ def run_table(args, spec, inputs, root: Path, units: list[Unit], log: Log, argv:
         log("mining BM25 negatives for the training queries")
         run_shared(qi.mine_cmd(spec, inputs))
     if "scored" in needs and not inputs.scored.is_file():
-        log(f"LM scoring in the background (pid {qi.start_scoring(spec, inputs, inputs.folder / 'score.log')})")
+        log(f"LM scoring in the background (pid {qi.start_scoring(spec, inputs, inputs.folder / 'score.log', args.score_processes)})")
     split = qi.make_split(Path(args.out), args.dataset, spec, inputs, args.split, args.dev_queries,
                           args.max_train_queries)
     ctx = make_context(args, spec, split)
@@ -255,7 +260,7 @@ def run_table(args, spec, inputs, root: Path, units: list[Unit], log: Log, argv:
         ready = [u for u in queue if "scored" not in ROWS[u.row].needs or inputs.scored.is_file()]
         if not ready:
             if qi.scoring_pid(inputs) is None:  # died or was stopped: resume it
-                log(f"LM scoring restarted (pid {qi.start_scoring(spec, inputs, inputs.folder / 'score.log')})")
+                log(f"LM scoring restarted (pid {qi.start_scoring(spec, inputs, inputs.folder / 'score.log', args.score_processes)})")
             time.sleep(30)
             continue
         unit = ready[0]

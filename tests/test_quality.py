@@ -89,6 +89,7 @@ def test_aggregate_mean_and_std_come_from_the_per_seed_files(tmp_path):
     (["--set", "group_size=4", "--neg_depth", "2"], "--neg_depth 2: needs at least group_size - 1 = 3"),
     (["--stop_after", "ten"], "--stop_after: 'ten' is not HH:MM"),
     (["--seed_order", "diagonal"], "--seed_order"),
+    (["--score_processes", "0"], "--score_processes: 0 must be at least 1"),
 ])
 def test_argument_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -113,6 +114,14 @@ def test_ours_pins_the_attention_dropout_of_the_recipe(tmp_path, fast):
     ctx = qr.Context("scifact", qr.DATASETS["scifact"], recipe, "t", None, None, "llm-embedder:scifact/test.json", n_train=4)
     cmd = qr.run_dense_cmd(ctx, tmp_path, 0, ["t"], 2)
     assert cmd[cmd.index("--fast_attention_dropout") + 1] == str(fast).lower()
+
+
+def test_score_command_runs_under_torchrun_with_several_processes(tmp_path):
+    inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
+    one, two = qi.score_cmd(qr.DATASETS["scifact"], inputs), qi.score_cmd(qr.DATASETS["scifact"], inputs, 2)
+    assert one[1].endswith("run_lm_score.py")
+    assert two[:6] == [qr.PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert two[6:] == one[1:]                      # the same scoring arguments: the same output, resumable either way
 
 
 def test_shared_inputs_refuse_other_sizes(tmp_path):
