@@ -26,6 +26,9 @@ from llm_embedder.io import write_json, write_records
 from llm_embedder.resources import resolve_data_path
 
 LM_SAVE_NAME = "smollm2"
+# every row trains on a query's first positive, so the LM scores that one and gives the other keys to negatives
+# (without it, a SciFact query with four positives kept no negative under --score_keys 4)
+SCORED_POSITIVES = 1
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def read_jsonl(path) -> list[dict]:
 def shared_inputs(root: Path, dataset: str, neg_depth: int, score_keys: int, score_key_max_length: int) -> SharedInputs:
     folder = Path(root) / dataset / "shared"
     settings = {"neg_depth": neg_depth, "score_keys": score_keys, "score_key_max_length": score_key_max_length,
-                "lm": LM_SAVE_NAME}
+                "score_positives": SCORED_POSITIVES, "lm": LM_SAVE_NAME}
     recorded = folder / "inputs.json"
     if recorded.is_file():
         old = json.loads(recorded.read_text())
@@ -74,7 +77,7 @@ def score_cmd(spec: DatasetSpec, inputs: SharedInputs, processes: int = 1) -> li
                                            "--nproc_per_node", str(processes)]
     return [*launcher, str(REPO / "run_lm_score.py"), "--eval_data", str(inputs.mined), "--corpus", spec.corpus,
             "--model_name_or_path", LM_SAVE_NAME, "--template", spec.lm_template, "--save_name", LM_SAVE_NAME,
-            "--max_keys", str(inputs.settings["score_keys"]),
+            "--max_keys", str(inputs.settings["score_keys"]), "--max_pos", str(inputs.settings["score_positives"]),
             "--key_max_length", str(inputs.settings["score_key_max_length"]), "--save_every", "50",
             "--output_dir", str(inputs.folder)]
 

@@ -197,6 +197,22 @@ def test_max_keys_truncates_keys_and_aligned_fields_together(tmp_path, tok):
     assert plan.row_plans[0].truncated_fields == {"neg": 1, "neg_index": 1, "neg_score": 1}  # pos was kept whole
 
 
+def test_max_pos_leaves_the_key_budget_to_negatives(tmp_path, tok):
+    """A row with four positives and --max_keys 4 scored no negative (distillation then refused the row);
+    --max_pos 1 keeps the first positive and gives the other three keys to negatives."""
+    row = {"query": "q?", "task": "qa", "answers": ["a"], "pos": ["p0", "p1", "p2", "p3"], "pos_index": [0, 1, 2, 3],
+           "neg": ["n0", "n1", "n2", "n3"], "neg_index": [4, 5, 6, 7]}
+    without = build_plan(records(tmp_path, [row]), tok, max_keys=4)
+    assert without.row_plans[0].keys == ["p0", "p1", "p2", "p3"]             # the failure mode: no negative left
+    plan = build_plan(records(tmp_path, [row]), tok, max_keys=4, max_pos=1)
+    out = plan.rows[0]
+    assert plan.row_plans[0].keys == ["p0", "n0", "n1", "n2"]
+    assert (out["pos"], out["pos_index"], out["neg"], out["neg_index"]) == (["p0"], [0], ["n0", "n1", "n2"], [4, 5, 6])
+    assert plan.row_plans[0].truncated_fields == {"pos": 1, "pos_index": 1, "neg": 3, "neg_index": 3}
+    one = {**row, "pos": ["p0"], "pos_index": [0]}                             # a row within --max_pos: untouched
+    assert build_plan(records(tmp_path, [one]), tok, max_pos=1).row_plans[0].truncated_fields == {}
+
+
 def test_max_keys_keeps_original_ids_in_step_and_the_row_valid(tmp_path, tok):
     """Mined SciFact rows carry pos_ids/neg_ids; cutting neg_index without them made run_dense refuse the file."""
     corpus = Corpus.from_texts([f"doc {i}" for i in range(8)], ids=[f"d{i}" for i in range(8)])

@@ -68,7 +68,7 @@ def test_query_likelihood_with_corpus_indices_and_max_keys(tmp_path, tiny_lm_dir
     (out,) = read_jsonl(tmp_path / "claims.scored.ql.json")
     assert (out["pos_index"], out["neg_index"], out["pos_ids"], len(out["teacher_scores"])) == ([3], [0, 4], ["d3"], 3)
     meta = json.loads((tmp_path / "claims.scored.ql.meta.json").read_text())
-    assert meta["fields_truncated_by_max_keys"] == ["neg_index"]
+    assert meta["fields_truncated_by_max_keys"] == ["neg_index"] and meta["max_pos"] is None
     assert meta["lm"]["dtype"] == "bfloat16" and meta["corpus"] == str(corpus.resolve())
     tok = tiny_lm.tokenizer
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -176,6 +176,7 @@ def test_cli_prints_one_line_and_exits_2_before_loading_the_model(tmp_path, tiny
 
 @pytest.mark.parametrize("argv, message", [
     (["--max_length", "0"], "--max_length: must be at least 1"),
+    (["--max_pos", "0"], "--max_pos: must be at least 1"),
     (["--token_budget", "100"], "--token_budget (100) must be at least --max_length (1024)"),
     (["--save_every", "-1"], "--save_every: must be 0"),
     (["--key_template", "{title}"], "--key_template: formats corpus rows, but there is no --corpus"),

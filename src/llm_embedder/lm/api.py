@@ -37,7 +37,7 @@ def teacher_scores_from_pairs(plan: ScoringPlan, pair_scores: Sequence[float], p
 def score_records(records: Sequence[dict] | RecordFile, lm: LoadedLM, template: str = AUTO, *,
                   corpus: Corpus | None = None, answer_policy: str = "mean", max_length: int = 1024,
                   key_max_length: int = 256, token_budget: int = 8192, max_keys: int | None = None,
-                  progress: bool = False) -> list[dict]:
+                  max_pos: int | None = None, progress: bool = False) -> list[dict]:
     """New records (copies, every field kept, in order) with ``teacher_scores`` aligned with their keys.
 
     ``lm`` comes from :func:`llm_embedder.lm.loading.load_lm`; ``template`` is ``auto`` (each row's
@@ -49,7 +49,7 @@ def score_records(records: Sequence[dict] | RecordFile, lm: LoadedLM, template: 
     if token_budget < max_length:
         raise ValueError(f"token_budget ({token_budget}) must be at least max_length ({max_length})")
     plan = build_plan(records, lm.tokenizer, template=template, corpus=corpus, max_length=max_length,
-                      key_max_length=key_max_length, max_keys=max_keys)
+                      key_max_length=key_max_length, max_keys=max_keys, max_pos=max_pos)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     sequences = [(p.prompt_ids, p.target_ids) for p in plan.pairs]
     bar = None

@@ -107,8 +107,13 @@ def as_record_file(records: RecordFile | Sequence[dict], corpus: Corpus | None =
 
 
 def plan_rows(rf: RecordFile | Sequence[dict], *, template: str = AUTO, corpus: Corpus | None = None,
-              max_queries: int | None = None, max_keys: int | None = None) -> tuple[list[dict], list[RowPlan]]:
-    """Check every row and decide its keys, template and targets; raise one UserError listing all problems."""
+              max_queries: int | None = None, max_keys: int | None = None,
+              max_pos: int | None = None) -> tuple[list[dict], list[RowPlan]]:
+    """Check every row and decide its keys, template and targets; raise one UserError listing all problems.
+
+    ``max_pos`` keeps the first N positives of a row (the others leave the written row too), so that
+    ``max_keys`` then spends the rest of its budget on negatives: ``max_pos=1, max_keys=4`` scores the first
+    positive and three negatives even where a row has several positives."""
     rf = as_record_file(rf, corpus)
     records = rf.records[:max_queries] if max_queries else rf.records
     fixed = None if template == AUTO else get_template(template)
@@ -141,15 +146,17 @@ def plan_rows(rf: RecordFile | Sequence[dict], *, template: str = AUTO, corpus: 
             problems.append(f"{where}: pos: no keys to score (give pos/neg, pos_index/neg_index or history)")
             continue
         truncated = {}
+        if max_pos and key_fields == "pos+neg" and len(sides["pos"]) > max_pos:
+            _cut_side(row, "pos", len(sides["pos"]), max_pos, truncated)
+            sides["pos"] = sides["pos"][:max_pos]
+            keys = [k for texts in sides.values() for k in texts]
         if max_keys and len(keys) > max_keys:
             budget = max_keys
             for side, texts in sides.items():
                 keep = min(len(texts), budget)
                 budget -= keep
-                for name in KEY_ALIGNED_FIELDS[side]:
-                    if keep < len(texts) and isinstance(row.get(name), list) and len(row[name]) == len(texts):
-                        row[name] = row[name][:keep]
-                        truncated[name] = keep
+                if keep < len(texts):
+                    _cut_side(row, side, len(texts), keep, truncated)
             keys = keys[:max_keys]
         if tmpl.uses_answers:
             answers = record.get("answers")
@@ -167,6 +174,14 @@ def plan_rows(rf: RecordFile | Sequence[dict], *, template: str = AUTO, corpus: 
         plans.append(RowPlan(i, tmpl, keys, targets, record["query"], record.get("context") or "", key_fields, truncated))
     raise_if_errors(problems)
     return rows, plans
+
+
+def _cut_side(row: dict, side: str, n_keys: int, keep: int, truncated: dict[str, int]) -> None:
+    """Keep the first ``keep`` entries of every field aligned with the ``side`` keys of ``row`` (in place)."""
+    for name in KEY_ALIGNED_FIELDS[side]:
+        if isinstance(row.get(name), list) and len(row[name]) == n_keys:
+            row[name] = row[name][:keep]
+            truncated[name] = keep
 
 
 def _encode(tokenizer, texts: list[str], offsets: bool = False):
@@ -196,11 +211,12 @@ def truncate_keys(tokenizer, keys: list[str], key_max_length: int) -> tuple[dict
 
 def build_plan(rf: RecordFile | Sequence[dict], tokenizer, *, template: str = AUTO, corpus: Corpus | None = None,
                max_length: int = 1024, key_max_length: int = 256, max_queries: int | None = None,
-               max_keys: int | None = None) -> ScoringPlan:
+               max_keys: int | None = None, max_pos: int | None = None) -> ScoringPlan:
     """Rows and tokenised pairs for a record file (or a list of records); all input errors are raised before
     any scoring."""
     rf = as_record_file(rf, corpus)
-    rows, plans = plan_rows(rf, template=template, corpus=corpus, max_queries=max_queries, max_keys=max_keys)
+    rows, plans = plan_rows(rf, template=template, corpus=corpus, max_queries=max_queries, max_keys=max_keys,
+                            max_pos=max_pos)
     cut_keys, n_cut_keys = truncate_keys(tokenizer, [k for p in plans for k in p.keys], key_max_length)
 
     prefix = special_prefix(tokenizer)  # BOS for Llama-style tokenizers, nothing for GPT-2 style ones

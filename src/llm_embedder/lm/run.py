@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="run the LM in bfloat16 (default float32)")
     p.add_argument("--max_queries", type=int, help="score only the first N rows")
     p.add_argument("--max_keys", type=int, help="score only the first N keys of each row (pos first)")
+    p.add_argument("--max_pos", type=int, help="score only the first N positives of each row (the others leave the "
+                                               "output row); with --max_keys the rest of the budget goes to negatives")
     p.add_argument("--save_every", type=int, default=256, help="checkpoint finished pairs every N pairs; 0 = never")
     p.add_argument("--verbose", action="store_true", help="show third-party startup messages (datasets, DeepSpeed, tokenizers)")
     return p
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     positive = {"--max_length": args.max_length, "--key_max_length": args.key_max_length,
-                "--token_budget": args.token_budget, "--max_queries": args.max_queries, "--max_keys": args.max_keys}
+                "--token_budget": args.token_budget, "--max_queries": args.max_queries, "--max_keys": args.max_keys,
+                "--max_pos": args.max_pos}
     for name, value in positive.items():
         if value is not None and value < 1:
             raise UserError(f"{name}: must be at least 1, got {value}")
@@ -103,7 +106,7 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
         "truncation": "keys cut to key_max_length tokens; a prompt too long loses its context's left end, then its "
                       "key's end, then (query alone too long) its left end; the answer is scored whole",
         "token_budget": args.token_budget, "max_queries": args.max_queries, "max_keys": args.max_keys,
-        "fields_truncated_by_max_keys": truncated, "teacher_scores_align_with": sorted({rp.key_fields for rp in plan.row_plans}),
+        "max_pos": args.max_pos, "fields_truncated_by_max_keys": truncated, "teacher_scores_align_with": sorted({rp.key_fields for rp in plan.row_plans}),
         "counts": {**plan.stats, "pairs_resumed_from_partial": resumed},
         "world_size": world_size, "seconds": round(seconds, 2),
         "versions": versions(),
@@ -169,7 +172,8 @@ def run(args: argparse.Namespace) -> Path | None:
     corpus = load_corpus(corpus_path, args.key_template) if corpus_path else None
     rf = read_records(args.eval_data, purpose="score", corpus_size=len(corpus) if corpus else None)
     # every row-level check (task, keys, answers for the template) before the LM is located or converted
-    plan_rows(rf, template=args.template, corpus=corpus, max_queries=args.max_queries, max_keys=args.max_keys)
+    plan_rows(rf, template=args.template, corpus=corpus, max_queries=args.max_queries, max_keys=args.max_keys,
+              max_pos=args.max_pos)
     output = derived_path(rf.path, "scored", args.save_name, args.output_dir)
     rank, world = dist_utils.setup()
     try:
@@ -178,7 +182,8 @@ def run(args: argparse.Namespace) -> Path | None:
         check_max_length(folder, args.max_length)
         tokenizer = load_tokenizer(folder)
         plan = build_plan(rf, tokenizer, template=args.template, corpus=corpus, max_length=args.max_length,
-                          key_max_length=args.key_max_length, max_queries=args.max_queries, max_keys=args.max_keys)
+                          key_max_length=args.key_max_length, max_queries=args.max_queries, max_keys=args.max_keys,
+                          max_pos=args.max_pos)
         dtype = "bfloat16" if args.bf16 else "float32"
         model = load_model(folder, dtype).to(dist_utils.device_for(rank))
         lm_info = {"path": str(folder), "alias": alias, "source": source, "dtype": dtype, "class": type(model).__name__}
