@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from quality_plan import Unit, read_result
-from quality_rows import Context, dense_method, eval_cmd, eval_file, steps_per_epoch, subprocess_runner
+from quality_rows import REPO, Context, dense_method, eval_cmd, eval_file, steps_per_epoch, subprocess_runner
 
 from llm_embedder.io import write_json
 
@@ -83,6 +83,14 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], png: Path, title
     return png
 
 
+def _repo_relative(path: Path) -> str:
+    """``path`` relative to the checkout when it lies inside it (the committed JSON names no machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def steps_plot(args, ctx: Context, root: Path, log, argv: list[str]) -> dict:
     from quality_rows import ROWS
     seed = args.seeds[0]
@@ -90,7 +98,7 @@ def steps_plot(args, ctx: Context, root: Path, log, argv: list[str]) -> dict:
     corpus = f"positives + {ctx.corpus_subsample} other docs" if ctx.corpus_subsample else "full corpus"
     png = draw(curves, {r: ROWS[r].label for r in ROWS}, Path(args.img) / f"quality_{args.dataset}_steps.png",
                f"{args.dataset} {Path(ctx.eval_data).stem} nDCG@10 during training (seed {seed}, {corpus})")
-    out = {"dataset": args.dataset, "seed": seed, "corpus": corpus, "curves": curves, "png": str(png),
+    out = {"dataset": args.dataset, "seed": seed, "corpus": corpus, "curves": curves, "png": _repo_relative(png),
            "command": "python benchmarks/quality.py " + " ".join(argv)}
     write_json(Path(args.results) / f"quality_{args.dataset}_steps.json", out)
     log(f"steps plot: {png}")

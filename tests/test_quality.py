@@ -283,3 +283,9 @@ def test_aggregate_carries_the_paired_comparisons(tmp_path, monkeypatch):
     assert [(c["a"], c["b"]) for c in agg["comparisons"]] == [("ours-bm25", "st-mnrl")]
     assert agg["comparisons"][0]["seeds"]["differences"] == [0.0, 0.0]     # the fake rows score alike per seed
     assert "| `ours-bm25` minus `st-mnrl` | 0: +0.0000, 1: +0.0000 |" in (tmp_path / "res" / "quality_scifact.md").read_text()
+
+
+def test_steps_json_names_the_png_relative_to_the_checkout(tmp_path):
+    import quality_plot
+    assert quality_plot._repo_relative(qr.REPO / "docs" / "img" / "x.png") == "docs/img/x.png"
+    assert quality_plot._repo_relative(tmp_path / "x.png") == str(tmp_path / "x.png")   # outside: left as given
