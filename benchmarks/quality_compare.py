@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from quality_plan import RESULT_NAME, read_result
+from quality_plan import finished_units
 
 from llm_embedder.stats import bootstrap_ci
 
@@ -32,27 +32,21 @@ COMPARISONS = (
     ("ours-bm25", "ours-random"),     # hard negatives vs the quickstart's random ones
 )
 
+METRIC_LABELS = {"ndcg@10": "nDCG@10", "recall@100": "R@100", "mrr@10": "MRR@10"}
+
 
 def seed_values(root: Path, row: str, metric: str) -> dict[int, float]:
     """``{seed: metric}`` of a row's finished seeded units."""
-    out = {}
-    folder = Path(root) / row
-    for result_file in sorted(folder.glob(f"*/{RESULT_NAME}")) if folder.is_dir() else []:
-        result = read_result(result_file)
-        if result is not None and result.get("seed") is not None and metric in result["metrics"]:
-            out[int(result["seed"])] = float(result["metrics"][metric])
-    return out
+    return {int(result["seed"]): float(result["metrics"][metric]) for _, result in finished_units(root, row)
+            if result.get("seed") is not None and metric in result["metrics"]}
 
 
 def per_query(root: Path, row: str, metric: str) -> tuple[dict[str, float], int]:
     """The row's per-query metric averaged over the finished units that kept per-query lines, and how many did."""
     sums: dict[str, list[float]] = {}
     units = 0
-    folder = Path(root) / row
-    for result_file in sorted(folder.glob(f"*/{RESULT_NAME}")) if folder.is_dir() else []:
-        if read_result(result_file) is None:
-            continue
-        lines = sorted(result_file.parent.glob("*.metrics.*.jsonl"))
+    for unit_folder, _ in finished_units(root, row):
+        lines = sorted(unit_folder.glob("*.metrics.*.jsonl"))
         if len(lines) != 1:
             continue
         units += 1
@@ -116,7 +110,8 @@ def markdown_comparisons(found: list[dict]) -> str:
     """The results page's comparison table, rows by their ``--rows`` names (A minus B; positive: A is ahead)."""
     if not found:
         return ""
-    lines = ["| A minus B (nDCG@10) | per seed | mean ± sd (t-test p) | over test queries: mean [95% CI], units A/B |",
+    metric = METRIC_LABELS.get(found[0]["metric"], found[0]["metric"])
+    lines = [f"| A minus B ({metric}) | per seed | mean ± sd (t-test p) | over test queries: mean [95% CI], units A/B |",
              "|---|---|---|---|"]
     for c in found:
         s, q = c["seeds"], c["queries"]
@@ -132,5 +127,5 @@ def markdown_comparisons(found: list[dict]) -> str:
             over = (f"{q['mean']:+.4f} [{q['ci95'][0]:+.4f}, {q['ci95'][1]:+.4f}]{' *' if q['significant'] else ''}, "
                     f"{q['units_a']}/{q['units_b']}")
         lines.append(f"| `{c['a']}` minus `{c['b']}` | {per_seed} | {spread} | {over} |")
-    return "\n".join(lines) + "\n\n* : the interval excludes 0. Per-query values are averaged over each row's seeds " \
+    return "\n".join(lines) + "\n\n(\\*: the interval excludes 0.) Per-query values are averaged over each row's seeds " \
                               "that kept per-query lines (units A/B); units restored from an aggregate have none.\n"

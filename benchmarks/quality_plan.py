@@ -78,19 +78,26 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def finished_units(root: Path, row: str) -> list[tuple[Path, dict]]:
+    """``(unit folder, result)`` of every finished unit of ``row`` under ``root`` (any seed), in folder order."""
+    folder = Path(root) / row
+    found = []
+    for result_file in sorted(folder.glob(f"*/{RESULT_NAME}")) if folder.is_dir() else []:
+        result = read_result(result_file)
+        if result is not None:
+            found.append((result_file.parent, result))
+    return found
+
+
 def aggregate(root: Path, rows: Sequence[str], labels: dict[str, str]) -> dict:
     """Collect every finished unit under ``root`` into per-row entries: per-seed metrics, wall times and
     commands, then mean and std per metric over the seeds found."""
     table = []
     for row in rows:
-        units = []
-        folder = Path(root) / row
-        for result_file in sorted(folder.glob(f"*/{RESULT_NAME}")) if folder.is_dir() else []:
-            result = read_result(result_file)
-            if result is not None:
-                units.append({"unit": result_file.parent.name, "seed": result.get("seed"),
-                              "metrics": {m: result["metrics"][m] for m in TABLE_METRICS if m in result["metrics"]},
-                              "wall_time_s": result.get("wall_time_s"), "commands": result.get("commands", [])})
+        units = [{"unit": unit_folder.name, "seed": result.get("seed"),
+                  "metrics": {m: result["metrics"][m] for m in TABLE_METRICS if m in result["metrics"]},
+                  "wall_time_s": result.get("wall_time_s"), "commands": result.get("commands", [])}
+                 for unit_folder, result in finished_units(root, row)]
         units.sort(key=lambda u: (-1 if u["seed"] is None else u["seed"]))
         summary = {}
         for m in TABLE_METRICS:
