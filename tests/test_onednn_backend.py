@@ -36,8 +36,9 @@ def test_onednn_vectors_equal_torch_and_every_linear_is_fused(tiny_bert_dir, mon
     for side in ("query", "key"):
         got = fast.encode(TEXTS, side=side, instruction="Represent: ", batch_size=2, show_progress=False)
         assert got.dtype == np.float32 and np.abs(got - expected[side]).max() <= 1e-5
-        # 2 layers x (q, k, v, attention output, output) + the pooler, plain; 2 intermediate layers with their GELU
-        assert fast.counts[side] == {"linear": 11, "linear_gelu": 2}
+        # 2 layers x (q, k, v) + the pooler, plain; 2 intermediate layers with their GELU; 2 x 2 output blocks with
+        # their residual add
+        assert fast.counts[side] == {"linear": 7, "linear_gelu": 2, "linear_residual": 4}
     fused = fast._tower("query")
     assert not any(type(m) is torch.nn.Linear for m in fused.modules())
     assert any(type(m) is torch.nn.Linear for m in enc.model.modules())  # the wrapped encoder is unchanged
@@ -72,7 +73,7 @@ def test_minilm_onednn_equals_torch(minilm_dir):
     expected = enc.encode(texts, batch_size=8, show_progress=False)
     fast = OneDNNEncoder(enc)
     assert np.abs(fast.encode(texts, batch_size=8, show_progress=False) - expected).max() <= 1e-5
-    assert fast.counts["key"] == {"linear": 31, "linear_gelu": 6}  # 6 layers x 5 + pooler; 6 intermediate + GELU
+    assert fast.counts["key"] == {"linear": 19, "linear_gelu": 6, "linear_residual": 12}  # 6 layers: q k v + pooler; 6 x GELU; 6 x 2 output blocks
 
 
 def test_run_dense_evaluation_with_onednn_gives_the_torch_metrics(tiny_bert_dir, tmp_path, monkeypatch):
