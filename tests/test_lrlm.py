@@ -304,6 +304,29 @@ def test_report_chooses_the_recipe_on_valid_and_never_on_test(tmp_path):
     assert "Chosen on valid: `kl`" in markdown(result)
 
 
+def test_report_without_a_valid_split_chooses_nothing_and_compares_each_recipe(tmp_path):
+    """PubMedQA qa has no valid split: every distilled recipe against the best baseline and `contrastive`."""
+    from llm_embedder.lrlm.report import main, markdown, study
+
+    test = tmp_path / "qa"
+    test.mkdir()
+    for label, values in (("bm25", [2.8, 2.55]), ("dense_minilm", [2.9, 2.6]), ("dense_contrastive-s0", [2.7, 2.6]),
+                          ("dense_contrastive-s1", [2.9, 2.6]), ("dense_stable-s0", [2.6, 2.5]),
+                          ("dense_stable-s1", [2.6, 2.7])):
+        (test / f"{label}.k1.jsonl").write_text("".join(json.dumps({"nll": v}) + "\n" for v in values))
+    result = study(tmp_path, test_dir=test, valid_dir=None)
+    assert result["chosen_recipe_on_valid"] is None and "chosen_vs_best_baseline" not in result
+    assert result["best_baseline"] == "bm25"  # 2.675 against contrastive (seed means [2.8, 2.6]) 2.70, MiniLM 2.75
+    stable_vs_contrastive = result["each_recipe_vs_contrastive"]["stable"]  # seed means [2.6, 2.6] vs [2.8, 2.6]
+    assert stable_vs_contrastive["mean_gain_nats"] == pytest.approx(0.1)
+    assert (stable_vs_contrastive["wins"], stable_vs_contrastive["losses"]) == (1, 0)
+    assert "contrastive" not in result["each_recipe_vs_best_baseline"]
+    md = markdown(result)
+    assert "no recipe is chosen" in md and "- `stable` vs `contrastive`: +0.1000" in md
+    assert main([str(tmp_path), "--test_dir", str(test), "--valid_dir", "none", "--png", str(tmp_path / "s.png")]) == 0
+    assert json.loads((tmp_path / "study.json").read_text())["each_recipe_vs_contrastive"]["stable"]["wins"] == 1
+
+
 @pytest.mark.slow
 def test_smollm2_scores_by_ids_equal_the_decoded_text_and_none_is_plain_perplexity(tmp_path):
     """The real SmolLM2 on one stdlib file: the ids the builder stores score what the file's text scores."""

@@ -6,6 +6,10 @@ over seeds); the test table reports every row (trained rows as mean ± std over 
 interval of the chosen recipe (per-target NLL averaged over its seeds) against the best baseline, and the
 share of the gap between that baseline and the definition's chunk it recovers. Writes ``OUT/study.json``,
 ``OUT/study.md`` and a PNG (perplexity per row with 95% intervals).
+
+Without a valid folder (``--valid_dir none``: eval_lm's ``--task qa`` on PubMedQA, whose trained encoders come from
+``benchmarks/quality.py``), no recipe is chosen: every distilled recipe is compared with the best baseline and with
+``contrastive``, the hard-label recipe trained on the same data, so nothing is picked on test.
 """
 from __future__ import annotations
 
@@ -46,18 +50,28 @@ def _by_recipe(rows: dict[str, list[float]]) -> dict[str, dict[int, list[float]]
     return recipes
 
 
-def study(out: Path, k: int = 1) -> dict:
-    valid, test = _rows(out / "eval-valid", k), _rows(out / "eval-test", k)
+def _seed_mean(seeds: dict[int, list[float]]) -> list[float]:
+    """Per-target NLL averaged over a recipe's seeds."""
+    return list(np.mean(list(seeds.values()), axis=0))
+
+
+def study(out: Path, k: int = 1, test_dir: Path | None = None, valid_dir: Path | None | str = "default") -> dict:
+    """The study result; ``valid_dir=None``: no valid split, no recipe chosen (see the module docstring)."""
+    test_dir = Path(test_dir) if test_dir else out / "eval-test"
+    valid_dir = out / "eval-valid" if valid_dir == "default" else valid_dir
+    valid, test = (_rows(Path(valid_dir), k) if valid_dir else {}), _rows(test_dir, k)
     valid_recipes, test_recipes = _by_recipe(valid), _by_recipe(test)
     if not test_recipes:
-        raise SystemExit(f"{out}/eval-test has no trained rows (dense:<recipe>-s<seed>)")
+        raise SystemExit(f"{test_dir} has no trained rows (dense:<recipe>-s<seed>)")
     valid_mean = {r: float(np.mean([np.mean(v) for v in s.values()])) for r, s in valid_recipes.items()}
-    distilled = [r for r in valid_mean if r != HARD_LABEL]
-    if not distilled:
-        raise SystemExit(f"{out}/eval-valid has no distillation recipe rows")
-    rank = lambda r: (valid_mean[r], ORDER.index(r) if r in ORDER else len(ORDER), r)  # noqa: E731
-    chosen = min(distilled, key=rank)
-    tied = sorted(r for r in distilled if abs(valid_mean[r] - valid_mean[chosen]) < 1e-9)
+    chosen, tied = None, []
+    if valid_dir:
+        distilled = [r for r in valid_mean if r != HARD_LABEL]
+        if not distilled:
+            raise SystemExit(f"{valid_dir} has no distillation recipe rows")
+        rank = lambda r: (valid_mean[r], ORDER.index(r) if r in ORDER else len(ORDER), r)  # noqa: E731
+        chosen = min(distilled, key=rank)
+        tied = sorted(r for r in distilled if abs(valid_mean[r] - valid_mean[chosen]) < 1e-9)
     table = {}
     for label in [b for b in BASELINES if b in test] + ["privileged", "fitted", "oracle"]:
         if label in test:
@@ -70,17 +84,23 @@ def study(out: Path, k: int = 1) -> dict:
                                       "valid_mean_nll": float(np.mean([np.mean(v) for v in valid_recipes.get(recipe, {}).values()]))
                                       if recipe in valid_recipes else None}
     baselines = {b: test[b] for b in BASELINES if b in test and b != "none"}
-    contrastive = test_recipes.get("contrastive")
-    if contrastive and chosen != "contrastive":
-        baselines["trained:contrastive"] = list(np.mean(list(contrastive.values()), axis=0))
+    contrastive = test_recipes.get(HARD_LABEL)
+    if contrastive:
+        baselines[f"trained:{HARD_LABEL}"] = _seed_mean(contrastive)
     best = min(baselines, key=lambda b: np.mean(baselines[b]))
-    chosen_nll = list(np.mean(list(test_recipes[chosen].values()), axis=0))
+    distilled_test = {r: _seed_mean(s) for r, s in sorted(test_recipes.items()) if r != HARD_LABEL}
     result = {"k": k, "chosen_recipe_on_valid": chosen, "tied_on_valid": tied, "rows": table, "best_baseline": best,
-              "each_recipe_vs_best_baseline": {r: metrics.paired(list(np.mean(list(s.values()), axis=0)), baselines[best])
-                                               for r, s in sorted(test_recipes.items()) if r != HARD_LABEL},
-              "chosen_vs_best_baseline": metrics.paired(chosen_nll, baselines[best]),
-              "chosen_per_seed_vs_best_baseline": {s: metrics.paired(v, baselines[best]) for s, v in test_recipes[chosen].items()},
+              "each_recipe_vs_best_baseline": {r: metrics.paired(v, baselines[best]) for r, v in distilled_test.items()},
               "valid_mean_nll": valid_mean}
+    if contrastive:  # the question the study asks: soft labels against hard labels from the same data
+        result["each_recipe_vs_contrastive"] = {r: metrics.paired(v, baselines[f"trained:{HARD_LABEL}"])
+                                                for r, v in distilled_test.items()}
+    if chosen is None:
+        return result
+    chosen_nll = distilled_test[chosen]
+    result.update(chosen_vs_best_baseline=metrics.paired(chosen_nll, baselines[best]),
+                  chosen_per_seed_vs_best_baseline={s: metrics.paired(v, baselines[best])
+                                                    for s, v in test_recipes[chosen].items()})
     if "fitted" in test:  # the feature ranker fitted on the same teacher scores: a learned, non-neural reference
         result["fitted_vs_best_baseline"] = metrics.paired(test["fitted"], baselines[best])
         result["chosen_vs_fitted"] = metrics.paired(chosen_nll, test["fitted"])
@@ -96,16 +116,25 @@ def markdown(result: dict) -> str:
         spread = f"[{s['ppl_ci95'][0]:.3f}, {s['ppl_ci95'][1]:.3f}]" if "ppl_ci95" in s else \
             (f"± {s['std_nll']:.4f} nats ({s['seeds']} seeds)" if s["seeds"] > 1 else "1 seed (no spread)")
         lines.append(f"| {label} | {s['ppl']:.3f} | {s['mean_nll']:.4f} | {spread} |")
-    c = result["chosen_vs_best_baseline"]
     lines.append("")
-    tie = f" (tied on valid with {', '.join(t for t in result['tied_on_valid'] if t != result['chosen_recipe_on_valid'])})" \
-        if len(result.get("tied_on_valid", [])) > 1 else ""
-    lines.append(f"Chosen on valid: `{result['chosen_recipe_on_valid']}`{tie}; vs best baseline `{result['best_baseline']}`: "
-                 f"{c['mean_gain_nats']:+.4f} nats/token, paired 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
-                 f"({c['wins']} wins / {c['losses']} losses of {c['targets']}).")
-    for r, c in result.get("each_recipe_vs_best_baseline", {}).items():
-        lines.append(f"- `{r}` vs `{result['best_baseline']}`: {c['mean_gain_nats']:+.4f} nats/token, "
-                     f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
+    if result["chosen_recipe_on_valid"] is None:
+        lines.append(f"No valid split, so no recipe is chosen; each trained recipe against the best baseline "
+                     f"`{result['best_baseline']}` and against `{HARD_LABEL}` (NLL(other) − NLL(recipe), positive = the "
+                     "recipe is better; per target, the mean over its seeds):")
+    else:
+        c = result["chosen_vs_best_baseline"]
+        tie = f" (tied on valid with {', '.join(t for t in result['tied_on_valid'] if t != result['chosen_recipe_on_valid'])})" \
+            if len(result.get("tied_on_valid", [])) > 1 else ""
+        lines.append(f"Chosen on valid: `{result['chosen_recipe_on_valid']}`{tie}; vs best baseline `{result['best_baseline']}`: "
+                     f"{c['mean_gain_nats']:+.4f} nats/token, paired 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
+                     f"({c['wins']} wins / {c['losses']} losses of {c['targets']}).")
+    groups = [("each_recipe_vs_best_baseline", result["best_baseline"])]
+    if result["best_baseline"] != f"trained:{HARD_LABEL}":
+        groups.append(("each_recipe_vs_contrastive", HARD_LABEL))
+    for key, other in groups:
+        for r, c in result.get(key, {}).items():
+            lines.append(f"- `{r}` vs `{other}`: {c['mean_gain_nats']:+.4f} nats/token, "
+                         f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] ({c['wins']} wins / {c['losses']} losses)")
     for key, name in (("fitted_vs_best_baseline", f"`fitted` vs `{result['best_baseline']}`"),
                       ("chosen_vs_fitted", f"`{result['chosen_recipe_on_valid']}` vs `fitted`")):
         if key in result:
@@ -149,9 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the study folder (OUT of scripts/lrlm-study.sh)")
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--png", default=None)
+    p.add_argument("--test_dir", default=None, help="eval_lm's output on the test targets (default OUT/eval-test)")
+    p.add_argument("--valid_dir", default=None,
+                   help="eval_lm's output on the valid targets, where the recipe is chosen (default OUT/eval-valid); "
+                        "'none': no valid split, no recipe chosen, each recipe compared")
     args = p.parse_args(argv)
     out = Path(args.out)
-    result = study(out, args.k)
+    valid_dir = "default" if args.valid_dir is None else (None if args.valid_dir == "none" else Path(args.valid_dir))
+    result = study(out, args.k, Path(args.test_dir) if args.test_dir else None, valid_dir)
     write_json(out / "study.json", result)
     (out / "study.md").write_text(markdown(result))
     plot(result, Path(args.png) if args.png else out / "study.png")
