@@ -1,6 +1,7 @@
 """Test helpers for retrieval: a deterministic bag-of-words encoder, SciFact records, one torch thread."""
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from pathlib import Path
@@ -61,3 +62,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_scifact(tmp_path, data_dir):
+    """The first 48 SciFact docs and 6 records whose positives are among them (rows 0, 5, 10, ...)."""
+    rows = (data_dir / "scifact" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:48]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    titles = [json.loads(r)["title"] for r in rows]
+    records = [{"query": titles[i][: len(titles[i]) // 2], "query_id": f"q{i}", "pos_index": [i]} for i in range(0, 30, 5)]
+    records[1]["pos_index"].append(47)
+    eval_data = tmp_path / "eval.json"
+    eval_data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return eval_data, corpus

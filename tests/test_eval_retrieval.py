@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from retrieval_helpers import BagOfWordsEncoder, one_torch_thread  # noqa: F401  (autouse fixture)
+from retrieval_helpers import BagOfWordsEncoder, one_torch_thread, small_scifact  # noqa: F401  (fixtures)
 
 from llm_embedder.corpus import Corpus
 from llm_embedder.errors import UserError
@@ -112,20 +112,6 @@ from pathlib import Path  # noqa: E402
 from llm_embedder.retrieval.eval_cli import main as eval_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def small_scifact(tmp_path, data_dir):
-    """The first 48 SciFact docs and 6 records whose positives are among them (rows 0, 5, 10, ...)."""
-    rows = (data_dir / "scifact" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:48]
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    titles = [json.loads(r)["title"] for r in rows]
-    records = [{"query": titles[i][: len(titles[i]) // 2], "query_id": f"q{i}", "pos_index": [i]} for i in range(0, 30, 5)]
-    records[1]["pos_index"].append(47)
-    eval_data = tmp_path / "eval.json"
-    eval_data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return eval_data, corpus
 
 
 def _fail(capsys, argv, match, lines=1):

@@ -29,6 +29,7 @@ from ..runinfo import versions
 from ..schema import derived_path, read_records, sidecar_corpus, write_json, write_records
 from .dense import INDEX_TYPES, IndexParams
 from .metrics import ANSWER_METRICS, METRICS, check_metrics, write_trec_run
+from .hybrid import FUSIONS, HybridRetriever, check_fusion
 
 logger = logging.getLogger("llm_embedder.eval_retrieval")
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--save_name", default=None, help="output name part (default: bm25 or the encoder's folder name)")
 
     ret = p.add_argument_group("retrieval")
-    ret.add_argument("--retrieval_method", choices=("dense", "bm25"), default="dense")
+    ret.add_argument("--retrieval_method", choices=("dense", "bm25", "hybrid"), default="dense",
+                     help="hybrid: the dense encoder and BM25, rankings fused (--fusion)")
     ret.add_argument("--metrics", nargs="+", default=["mrr", "recall", "ndcg"],
                      help=f"any of {', '.join(METRICS + ACTIONS)}")
     ret.add_argument("--cutoffs", nargs="+", type=int, default=[1, 5, 10, 100])
@@ -80,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     bm25.add_argument("--bm25_k1", type=float, default=0.9)
     bm25.add_argument("--bm25_b", type=float, default=0.4)
 
+    hybrid = p.add_argument_group("hybrid (dense + BM25)")
+    hybrid.add_argument("--fusion", choices=FUSIONS, default="rrf",
+                        help="rrf: reciprocal rank fusion; interpolation: per-query min-max scores, alpha x dense + "
+                             "(1 - alpha) x BM25 (pyserini.fusion)")
+    hybrid.add_argument("--fusion_rrf_k", type=float, default=60)
+    hybrid.add_argument("--fusion_alpha", type=float, default=0.5, help="interpolation: the dense side's weight")
+    hybrid.add_argument("--fusion_depth", type=int, default=None, help="keys each side retrieves (default --hits)")
+
     mine = p.add_argument_group("collate_neg (hard-negative mining)")
     mine.add_argument("--max_neg_num", type=int, default=100)
     mine.add_argument("--neg_start", type=int, default=0, help="skip the first N retrieved ranks")
@@ -109,11 +119,13 @@ def validate_args(args) -> None:
         raise UserError(f"--corpus_subsample: must be 0 or more, got {args.corpus_subsample}")
     if args.corpus_subsample and "collate_neg" in metrics:
         raise UserError("--corpus_subsample: mining needs the full corpus; drop collate_neg or the subsample")
-    if args.retrieval_method == "bm25" and args.corpus_subsample:
+    if args.retrieval_method != "dense" and args.corpus_subsample:
         raise UserError("--corpus_subsample: only for --retrieval_method dense")
+    if args.retrieval_method == "hybrid":
+        check_fusion(args.fusion, args.fusion_rrf_k, args.fusion_alpha, args.fusion_depth)
     if args.batch_size < 1:
         raise UserError(f"--batch_size: must be at least 1, got {args.batch_size}")
-    if args.retrieval_method == "dense":
+    if args.retrieval_method in ("dense", "hybrid"):
         check_backend(args.encode_backend)
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise UserError(f"--output_dir: {args.output_dir} exists and is not a folder")
@@ -158,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     check_answers(rf, eval_metrics)
     if args.filter_answers and not mining:
         raise UserError("--filter_answers: only used with --metrics collate_neg")
-    save_name = args.save_name or ("bm25" if args.retrieval_method == "bm25" else Path(str(args.query_encoder)).name)
+    save_name = args.save_name or ("bm25" if args.retrieval_method == "bm25" else
+                                   ("hybrid-" if args.retrieval_method == "hybrid" else "") + Path(str(args.query_encoder)).name)
     if not save_name or any(c in save_name for c in "/\\ "):
         raise UserError(f"--save_name: {save_name!r} must be a plain name without spaces or slashes")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    rank, world = _dist_rank() if args.retrieval_method == "dense" else (int(os.environ.get("RANK", "0")), 1)
+    rank, world = _dist_rank() if args.retrieval_method != "bm25" else (int(os.environ.get("RANK", "0")), 1)
     if args.retrieval_method == "bm25" and rank != 0:
         return 0  # BM25 runs on rank 0 only; the other torchrun ranks have nothing to do
 
@@ -198,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         params = IndexParams(nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
         retriever = DenseRetriever(encoder, instructions[0], instructions[1], args.batch_size, cache, model_dir,
                                    args.faiss_index, params, keep, key_embeddings)
+        if args.retrieval_method == "hybrid":
+            from .bm25 import BM25Retriever
+
+            bm25 = BM25Retriever(args.bm25_backend, k1=args.bm25_k1, b=args.bm25_b, cache_dir=cache)
+            retriever = HybridRetriever(retriever, bm25, args.fusion, args.fusion_rrf_k, args.fusion_alpha,
+                                        args.fusion_depth)
+            label = f"{label}, {retriever.describe()}, bm25={args.bm25_backend}"
     result = evaluate(retriever, rf, corpus, eval_metrics, args.cutoffs, args.hits, label, pos_rows=pos_rows)
     rows = result["rows"]
 
@@ -219,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         write_records(neg_path, mined)
         retrieval = {k: getattr(args, k) for k in ("retrieval_method", "query_encoder", "bm25_backend", "hits",
                                                    "max_neg_num", "neg_start", "filter_answers")}
+        if args.retrieval_method == "hybrid":
+            retrieval.update({k: getattr(args, k) for k in ("fusion", "fusion_rrf_k", "fusion_alpha", "fusion_depth")})
         write_mined_sidecar(neg_path, rf.path, corpus, args.key_template, stats, retrieval)
         outputs["negatives"] = str(neg_path)
         summary["mining"] = stats.as_dict()
