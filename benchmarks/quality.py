@@ -181,11 +181,11 @@ def write_aggregate(args, root: Path, log: Log, argv: list[str]) -> dict:
                 "command": "python benchmarks/quality.py " + " ".join(argv), "machine": machine(),
                 "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     stem = Path(args.results) / results_stem(args)
-    write_json(stem.with_suffix(".json"), agg)
+    write_json(stem.with_name(stem.name + ".json"), agg)
     text = markdown_table(agg)
     if agg["comparisons"]:
         text += "\n" + markdown_comparisons(agg["comparisons"])
-    atomic_write(stem.with_suffix(".md"), lambda f: f.write(text))
+    atomic_write(stem.with_name(stem.name + ".md"), lambda f: f.write(text))
     log(f"aggregate: {stem}.json / .md")
     return agg
 

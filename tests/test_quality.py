@@ -289,3 +289,15 @@ def test_steps_json_names_the_png_relative_to_the_checkout(tmp_path):
     import quality_plot
     assert quality_plot._repo_relative(qr.REPO / "docs" / "img" / "x.png") == "docs/img/x.png"
     assert quality_plot._repo_relative(tmp_path / "x.png") == str(tmp_path / "x.png")   # outside: left as given
+
+
+def test_a_recipe_with_a_decimal_point_keeps_its_whole_name_in_the_results_files(tmp_path, monkeypatch):
+    """lr=1e-4 prints as 0.0001: the aggregate's name must not be cut at that dot (it was quality_scifact_lr-0.json)."""
+    calls: list[str] = []
+    monkeypatch.setattr(quality, "ROWS", {"a": fake_row("a", calls)})
+    argv = ["--rows", "a", "--seeds", "0", "--out", str(tmp_path), "--results", str(tmp_path / "res"),
+            "--set", "lr=1e-4", "fast_attention_dropout=true"]
+    assert quality.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == [
+        "quality_scifact_test_lr-0.0001_fast_attention_dropout-True.json",
+        "quality_scifact_test_lr-0.0001_fast_attention_dropout-True.md"]
