@@ -220,7 +220,7 @@ def main(argv=None) -> int:
         ctx = make_context(args, spec, split)
         if args.steps_corpus_subsample:
             ctx.corpus_subsample = args.steps_corpus_subsample
-        steps_plot(args, ctx, root, log, argv)
+        steps_plot(args, ctx, root, log, argv, results_stem(args))
         return 0
     if not args.aggregate_only:
         run_table(args, spec, inputs, root, units, log, argv)

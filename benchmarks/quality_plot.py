@@ -91,15 +91,18 @@ def _repo_relative(path: Path) -> str:
         return str(path)
 
 
-def steps_plot(args, ctx: Context, root: Path, log, argv: list[str]) -> dict:
+def steps_plot(args, ctx: Context, root: Path, log, argv: list[str], stem: str | None = None) -> dict:
+    """``{stem}_steps.png`` / ``.json`` (``stem``: the table's results name, which names a recipe other than the
+    default, so each recipe's plot has its own files)."""
     from quality_rows import ROWS
+    stem = stem or f"quality_{args.dataset}"
     seed = args.seeds[0]
     curves = {row: curve(ctx, root, row, seed, log) for row in args.steps_plot}
     corpus = f"positives + {ctx.corpus_subsample} other docs" if ctx.corpus_subsample else "full corpus"
-    png = draw(curves, {r: ROWS[r].label for r in ROWS}, Path(args.img) / f"quality_{args.dataset}_steps.png",
+    png = draw(curves, {r: ROWS[r].label for r in ROWS}, Path(args.img) / f"{stem}_steps.png",
                f"{args.dataset} {Path(ctx.eval_data).stem} nDCG@10 during training (seed {seed}, {corpus})")
     out = {"dataset": args.dataset, "seed": seed, "corpus": corpus, "curves": curves, "png": _repo_relative(png),
            "command": "python benchmarks/quality.py " + " ".join(argv)}
-    write_json(Path(args.results) / f"quality_{args.dataset}_steps.json", out)
+    write_json(Path(args.results) / f"{stem}_steps.json", out)
     log(f"steps plot: {png}")
     return out

@@ -216,9 +216,10 @@ def test_tiny_real_table_and_steps_plot(tmp_path):
     assert ours["n_seeds"] == 1 and 0 <= ours["summary"]["ndcg@10"]["mean"] <= 1
     assert "run_dense.py" in ours["units"][0]["commands"][0] and "--seed 0" in ours["units"][0]["commands"][0]
     subprocess.run([*run, "--steps_plot", "ours-random"], check=True, cwd=REPO, timeout=1800)
-    steps = json.loads((tmp_path / "res" / "quality_scifact_steps.json").read_text())
+    # the plot's files carry the recipe's name, as the table's do (a default-recipe plot is quality_scifact_steps)
+    steps = json.loads((tmp_path / "res" / "quality_scifact_dev_batch-2_key_max_length-32_steps.json").read_text())
     assert [p["step"] for p in steps["curves"]["ours-random"]] == [0, 1, 2]
-    assert (tmp_path / "img" / "quality_scifact_steps.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "quality_scifact_dev_batch-2_key_max_length-32_steps.png").stat().st_size > 1000
 
 
 def test_scoring_pid_ignores_exited_scorers(tmp_path):
