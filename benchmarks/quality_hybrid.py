@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from quality_plan import TABLE_METRICS, finished_units, mean_std  # noqa: E402
 
-from llm_embedder.schema import write_json  # noqa: E402
+from llm_embedder.io import atomic_write, write_json  # noqa: E402
 
 
 def hybrid_command(eval_command: str, out: Path, fusion: str, cache_dir: str | None) -> list[str]:
@@ -59,13 +59,14 @@ def run_unit(unit: Path, result: dict, fusion: str, cache_dir: str | None) -> di
     command = eval_command_of(result)
     if command is None:
         return None
+    argv = hybrid_command(command, out, fusion, cache_dir)
     started = time.time()
-    subprocess.run(hybrid_command(command, out, fusion, cache_dir), cwd=REPO, check=True)
+    subprocess.run(argv, cwd=REPO, check=True)
     summary = next(out.glob("*.eval.hybrid.json"))
     metrics = json.loads(summary.read_text())["metrics"]
     record = {"metrics": metrics, "dense_metrics": result["metrics"], "seed": result.get("seed"),
               "wall_time_s": round(time.time() - started, 1),
-              "command": " ".join(hybrid_command(command, out, fusion, cache_dir)[1:])}
+              "command": " ".join(["python", *argv[1:]])}
     write_json(done, record)
     return record
 
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="results stem: writes STEM.json and STEM.md")
     args = p.parse_args(argv)
     root = Path(args.table)
+    for flag, folder in (("--table", root), ("--bm25_table", args.bm25_table)):
+        if folder is not None and not Path(folder).is_dir():
+            p.error(f"{flag}: {folder} is not a folder (a quality table's runs/quality/DATASET/SPLIT/RECIPE)")
     units_by_row = {}
     for row in args.rows:
         records = []
@@ -118,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     bm25 = bm25_units[0][1]["metrics"] if bm25_units else None
     rows = table(units_by_row)
     out = {"table": str(root), "fusion": args.fusion, "bm25_alone": bm25, "rows": rows,
-           "units": {row: recs for row, recs in units_by_row.items()}, "command": " ".join(sys.argv)}
+           "units": units_by_row, "command": " ".join(sys.argv)}
     write_json(Path(args.output + ".json"), out)
-    Path(args.output + ".md").write_text(markdown(rows, bm25))
+    atomic_write(Path(args.output + ".md"), lambda f: f.write(markdown(rows, bm25)))
     print(markdown(rows, bm25))
     return 0
 

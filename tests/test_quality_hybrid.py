@@ -48,3 +48,11 @@ def test_finished_hybrid_units_are_read_back_not_run_and_the_table_averages_seed
     assert data["rows"]["ours"]["dense ndcg@10"]["mean"] == pytest.approx(0.61)
     md = Path(str(out) + ".md").read_text()
     assert "| BM25 alone | – | – | 0.6800 |" in md and "| ours | 2 | 0.6100 ± 0.0141 | 0.7200 ± 0.0283 |" in md
+
+
+def test_a_missing_table_folder_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        qh.main(["--table", str(tmp_path / "nope"), "--rows", "ours", "--output", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--table:" in err and "is not a folder" in err and not (tmp_path / "o.json").exists()

@@ -118,9 +118,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | {s['ppl']:.3f} | {s['mean_nll']:.4f} | {spread} |")
     lines.append("")
     if result["chosen_recipe_on_valid"] is None:
+        also = "" if result["best_baseline"] == f"trained:{HARD_LABEL}" else f" and against `{HARD_LABEL}`"
         lines.append(f"No valid split, so no recipe is chosen; each trained recipe against the best baseline "
-                     f"`{result['best_baseline']}` and against `{HARD_LABEL}` (NLL(other) − NLL(recipe), positive = the "
-                     "recipe is better; per target, the mean over its seeds):")
+                     f"`{result['best_baseline']}`{also} (NLL(other) − NLL(recipe), positive = the recipe is better; "
+                     "per target, the mean over its seeds):")
     else:
         c = result["chosen_vs_best_baseline"]
         tie = f" (tied on valid with {', '.join(t for t in result['tied_on_valid'] if t != result['chosen_recipe_on_valid'])})" \
