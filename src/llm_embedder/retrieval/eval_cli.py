@@ -131,6 +131,13 @@ def validate_args(args) -> None:
         raise UserError(f"--output_dir: {args.output_dir} exists and is not a folder")
 
 
+def _bm25_retriever(args, cache: Path):
+    """The BM25 side of ``--retrieval_method bm25`` and ``hybrid``, from the ``--bm25_*`` arguments."""
+    from .bm25 import BM25Retriever
+
+    return BM25Retriever(args.bm25_backend, k1=args.bm25_k1, b=args.bm25_b, cache_dir=cache)
+
+
 @cli_guard
 def main(argv: list[str] | None = None) -> int:
     from .evaluate import _check_hits, check_answers, evaluate, positive_rows, query_ids, subsample_label, subsample_rows
@@ -181,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- retrieval: one Retriever, one evaluator (the trainer's evaluation and mining use the same) ----
     if args.retrieval_method == "bm25":
-        from .bm25 import BM25Retriever
-
-        retriever = BM25Retriever(args.bm25_backend, k1=args.bm25_k1, b=args.bm25_b, cache_dir=cache)
+        retriever = _bm25_retriever(args, cache)
         label = f"full(N={len(corpus)}, bm25={args.bm25_backend}, k1={args.bm25_k1}, b={args.bm25_b})"
         instructions = ("", "")
     else:
@@ -212,11 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         retriever = DenseRetriever(encoder, instructions[0], instructions[1], args.batch_size, cache, model_dir,
                                    args.faiss_index, params, keep, key_embeddings)
         if args.retrieval_method == "hybrid":
-            from .bm25 import BM25Retriever
-
-            bm25 = BM25Retriever(args.bm25_backend, k1=args.bm25_k1, b=args.bm25_b, cache_dir=cache)
-            retriever = HybridRetriever(retriever, bm25, args.fusion, args.fusion_rrf_k, args.fusion_alpha,
-                                        args.fusion_depth)
+            retriever = HybridRetriever(retriever, _bm25_retriever(args, cache), args.fusion, args.fusion_rrf_k,
+                                        args.fusion_alpha, args.fusion_depth)
             label = f"{label}, {retriever.describe()}, bm25={args.bm25_backend}"
     result = evaluate(retriever, rf, corpus, eval_metrics, args.cutoffs, args.hits, label, pos_rows=pos_rows)
     rows = result["rows"]
