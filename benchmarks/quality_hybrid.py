@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from quality_plan import TABLE_METRICS, finished_units, mean_std  # noqa: E402
+from quality_plan import TABLE_METRICS, finished_units, format_cell, mean_std  # noqa: E402
 
 from llm_embedder.io import atomic_write, write_json  # noqa: E402
 
@@ -86,13 +86,12 @@ def table(units_by_row: dict[str, list[dict]]) -> dict:
 
 
 def markdown(rows: dict, bm25: dict | None) -> str:
-    cell = lambda e: f"{e['mean']:.4f}" + ("" if e["std"] is None else f" ± {e['std']:.4f}")  # noqa: E731
     lines = ["| row | seeds | dense nDCG@10 | hybrid nDCG@10 | hybrid R@100 | hybrid MRR@10 |", "|---|---|---|---|---|---|"]
     if bm25:
         lines.append(f"| BM25 alone | – | – | {bm25['ndcg@10']:.4f} | {bm25['recall@100']:.4f} | {bm25['mrr@10']:.4f} |")
     for row, e in rows.items():
-        lines.append(f"| {row} | {len(e['seeds'])} | {cell(e['dense ndcg@10'])} | {cell(e['hybrid ndcg@10'])} | "
-                     f"{cell(e['hybrid recall@100'])} | {cell(e['hybrid mrr@10'])} |")
+        cells = [format_cell(e[k]) for k in ("dense ndcg@10", "hybrid ndcg@10", "hybrid recall@100", "hybrid mrr@10")]
+        lines.append(f"| {row} | {len(e['seeds'])} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

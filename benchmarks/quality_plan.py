@@ -110,7 +110,8 @@ def aggregate(root: Path, rows: Sequence[str], labels: dict[str, str]) -> dict:
     return {"rows": table}
 
 
-def _cell(entry: dict | None) -> str:
+def format_cell(entry: dict | None) -> str:
+    """``mean ± std`` of a ``{"mean", "std"}`` entry (the mean alone without a spread; ``not run`` for None)."""
     if entry is None:
         return "not run"
     if entry["std"] is None or math.isnan(entry["std"]):
@@ -126,7 +127,7 @@ def markdown_table(agg: dict) -> str:
     """The results page's table: mean ± std over the seeds present, how many seeds, and each unit's minutes."""
     lines = ["| row | nDCG@10 | R@100 | MRR@10 | seeds | minutes per unit (seed: min) |", "|---|---|---|---|---|---|"]
     for r in agg["rows"]:
-        cells = [_cell(r["summary"].get(m)) for m in TABLE_METRICS]
+        cells = [format_cell(r["summary"].get(m)) for m in TABLE_METRICS]
         times = ", ".join(f"{'-' if u['seed'] is None else u['seed']}: {_minutes(u['wall_time_s'])}" for u in r["units"])
         seeds = str(r["n_seeds"]) if any(u["seed"] is not None for u in r["units"]) else ("n/a" if r["units"] else "0")
         lines.append(f"| {r['label']} | {' | '.join(cells)} | {seeds} | {times or '-'} |")
