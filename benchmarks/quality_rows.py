@@ -185,7 +185,8 @@ def _three_iterations(ctx, unit, folder, run) -> Path:
     r = ctx.recipe
     extra_train = (f"--seed {unit.seed} --warmup_ratio {r.warmup} --cos_temperature {r.temperature} "
                    f"--query_max_length {r.query_max_length} --key_max_length {r.key_max_length} "
-                   f"--add_instruction {str(r.instruction).lower()} --disable_tqdm true --report_to none")
+                   f"--add_instruction {str(r.instruction).lower()} "
+                   f"--fast_attention_dropout {str(r.fast_attention_dropout).lower()} --disable_tqdm true --report_to none")
     extra_eval = f"--query_max_length {r.query_max_length} --key_max_length {r.key_max_length}"
     out = folder / "3iter"
     env = {"OUT": str(out), "N_QUERIES": str(ctx.iter_queries or ctx.n_train), "N_KEYS": str(r.group_size),

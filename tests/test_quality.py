@@ -116,6 +116,21 @@ def test_ours_pins_the_attention_dropout_of_the_recipe(tmp_path, fast):
     assert cmd[cmd.index("--fast_attention_dropout") + 1] == str(fast).lower()
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_three_iteration_row_trains_with_the_recipe(tmp_path, monkeypatch, fast):
+    """The 3-iteration row passes the recipe to every round's run_dense.py through EXTRA_TRAIN_ARGS, the
+    attention dropout included (3iter.sh does not set it, so run_dense.py's default would win otherwise)."""
+    monkeypatch.setattr(qr, "check_setup_is_noop", lambda: None)
+    recipe = qr.Recipe().with_overrides([f"fast_attention_dropout={fast}", "lr=1e-4"])
+    ctx = qr.Context("scifact", qr.DATASETS["scifact"], recipe, "t", None, None, "llm-embedder:scifact/test.json", n_train=4)
+    calls = []
+    qr._three_iterations(ctx, qp.Unit("ours-3iter", 3), tmp_path, lambda cmd, env=None: calls.append(env))
+    (env,) = calls
+    extra = env["EXTRA_TRAIN_ARGS"].split()
+    assert extra[extra.index("--fast_attention_dropout") + 1] == str(fast).lower()
+    assert extra[extra.index("--seed") + 1] == "3" and env["LR"] == "0.0001" and env["N_KEYS"] == "2"
+
+
 def test_score_command_runs_under_torchrun_with_several_processes(tmp_path):
     inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
     one, two = qi.score_cmd(qr.DATASETS["scifact"], inputs), qi.score_cmd(qr.DATASETS["scifact"], inputs, 2)
