@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from quality_plan import finished_units
+from quality_rows import REPO
 
 from llm_embedder.stats import bootstrap_ci
 
@@ -30,6 +31,8 @@ COMPARISONS = (
     ("ours-bm25", "st-mnrl"),         # ours vs the peer on the same mined file and budget
     ("ours-distill", "st-mnrl"),
     ("ours-bm25", "ours-random"),     # hard negatives vs the quickstart's random ones
+    ("ours-3iter", "ours-distill"),   # three rounds of mine -> score -> train vs one round of distillation
+    ("ours-3iter", "st-mnrl"),
 )
 
 METRIC_LABELS = {"ndcg@10": "nDCG@10", "recall@100": "R@100", "mrr@10": "MRR@10"}
@@ -45,18 +48,33 @@ def per_query(root: Path, row: str, metric: str) -> tuple[dict[str, float], int]
     """The row's per-query metric averaged over the finished units that kept per-query lines, and how many did."""
     sums: dict[str, list[float]] = {}
     units = 0
-    for unit_folder, _ in finished_units(root, row):
-        lines = sorted(unit_folder.glob("*.metrics.*.jsonl"))
-        if len(lines) != 1:
+    for unit_folder, result in finished_units(root, row):
+        lines = per_query_lines(unit_folder, result)
+        if lines is None:
             continue
         units += 1
-        with open(lines[0], encoding="utf-8") as f:
+        with open(lines, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     q = json.loads(line)
                     sums.setdefault(str(q["query_id"]), []).append(float(q[metric]))
     complete = {qid: statistics.fmean(v) for qid, v in sums.items() if len(v) == units}
     return complete, units
+
+
+def per_query_lines(unit_folder: Path, result: dict) -> Path | None:
+    """The unit's ``*.metrics.*.jsonl``: the one in its folder, else the one beside the evaluation file its
+    result names (the 3-iteration row evaluates in ``3iter/round-R/``); None when there is none."""
+    lines = sorted(unit_folder.glob("*.metrics.*.jsonl"))
+    if len(lines) == 1:
+        return lines[0]
+    if lines or not result.get("eval_file"):
+        return None
+    eval_file = Path(result["eval_file"])
+    if not eval_file.is_absolute():
+        eval_file = REPO / eval_file
+    beside = eval_file.with_name(eval_file.name.replace(".eval.", ".metrics.", 1)).with_suffix(".jsonl")
+    return beside if beside.is_file() else None
 
 
 def compare(root: Path, row_a: str, row_b: str, metric: str = "ndcg@10", seed: int = 0) -> dict | None:

@@ -68,6 +68,24 @@ def test_comparisons_skip_rows_not_asked_for_or_not_run(tmp_path):
     assert qc.markdown_comparisons([]) == ""
 
 
+def test_per_query_lines_beside_the_recorded_evaluation_file(tmp_path):
+    """The 3-iteration row evaluates in its unit's 3iter/round-R/ folder: its per-query lines are found through
+    the evaluation file its result names; a folder with two candidate files counts as none."""
+    unit(tmp_path, "st-mnrl", 0, 0.4, {"q1": 0.0, "q2": 0.5})
+    it = qp.Unit("ours-3iter", 0)
+    round_dir = it.folder(tmp_path) / "3iter" / "round-3"
+    round_dir.mkdir(parents=True)
+    (round_dir / "test.metrics.eval.jsonl").write_text(
+        "".join(json.dumps({"query_id": q, "ndcg@10": v}) + "\n" for q, v in {"q1": 1.0, "q2": 0.5}.items()))
+    write_json(it.result_path(tmp_path), {"row": "ours-3iter", "seed": 0, "metrics": {"ndcg@10": 0.75},
+                                          "eval_file": str(round_dir / "test.eval.eval.json")})
+    (c,) = [c for c in qc.comparisons(tmp_path, ["st-mnrl", "ours-3iter"]) if c["a"] == "ours-3iter"]
+    assert c["b"] == "st-mnrl" and c["queries"]["queries"] == 2 and c["queries"]["mean"] == pytest.approx(0.5)
+    for name in ("test.metrics.a.jsonl", "test.metrics.b.jsonl"):
+        (it.folder(tmp_path) / name).write_text("")
+    assert qc.compare(tmp_path, "ours-3iter", "st-mnrl")["queries"] is None
+
+
 def test_a_seed_without_spread_has_no_p_value(tmp_path):
     for seed in (0, 1):
         unit(tmp_path, "ours-bm25", seed, 0.6 + seed / 10)
