@@ -278,6 +278,16 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(tmp_path, built, sou
     assert not (tmp_path / "o8").exists()  # a split without targets stops before anything is written
 
 
+def test_targets_needed_by_hand():
+    """ceil((1.96 sd / mean)^2): mean 0.01, sd 0.1 -> 384.16 -> 385; no mean difference or no spread: None."""
+    d = [0.01 + 0.1 * x for x in (1, -1)] * 2          # mean 0.01, sample sd 0.1 * sqrt(4/3)
+    assert metrics.targets_needed(d) == math.ceil((1.96 * 0.1 * math.sqrt(4 / 3) / 0.01) ** 2)
+    assert metrics.targets_needed([0.02, 0.0] * 50) == math.ceil((1.96 * math.sqrt(0.0001 * 100 / 99) / 0.01) ** 2)
+    assert metrics.targets_needed([0.1, -0.1]) is None and metrics.targets_needed([0.05, 0.05]) is None
+    assert metrics.targets_needed([0.05]) is None
+    assert metrics.paired([1.0, 1.0, 1.0], [1.2, 1.0, 1.1])["targets_needed"] == 4  # d = [.2, 0, .1]: (1.96 * .1 / .1)^2 = 3.84
+
+
 def test_report_chooses_the_recipe_on_valid_and_never_on_test(tmp_path):
     from llm_embedder.lrlm.report import markdown, study
 
@@ -323,6 +333,8 @@ def test_report_without_a_valid_split_chooses_nothing_and_compares_each_recipe(t
     assert "contrastive" not in result["each_recipe_vs_best_baseline"]
     md = markdown(result)
     assert "no recipe is chosen" in md and "- `stable` vs `contrastive`: +0.1000" in md
+    # differences [0.2, 0.0]: sd 0.1414, so (1.96 * 0.1414 / 0.1)^2 = 7.68 -> 8 targets
+    assert stable_vs_contrastive["targets_needed"] == 8 and "(1 wins / 0 losses; ~8 targets would make this mean significant)" in md
     assert main([str(tmp_path), "--test_dir", str(test), "--valid_dir", "none", "--png", str(tmp_path / "s.png")]) == 0
     assert json.loads((tmp_path / "study.json").read_text())["each_recipe_vs_contrastive"]["stable"]["wins"] == 1
 

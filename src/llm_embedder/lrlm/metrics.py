@@ -19,12 +19,24 @@ def summarise(nll: Sequence[float], seed: int = 0) -> dict:
     return {"targets": len(nll), "mean_nll": m, "ppl": math.exp(m), "nll_ci95": [lo, hi], "ppl_ci95": [math.exp(lo), math.exp(hi)]}
 
 
+def targets_needed(differences: Sequence[float]) -> int | None:
+    """How many targets a 95% interval (normal approximation, 1.96 standard errors) would need to exclude zero
+    if the per-target differences kept this mean and spread: ceil((1.96 sd / mean)^2). None without a mean
+    difference or a spread. It sizes the next run; it is not a test."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2 or d.mean() == 0 or d.std(ddof=1) == 0:
+        return None
+    return int(math.ceil((1.96 * d.std(ddof=1) / d.mean()) ** 2))
+
+
 def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict:
-    """NLL(b) - NLL(a) per target (positive: a is better), with its mean and paired 95% bootstrap interval."""
+    """NLL(b) - NLL(a) per target (positive: a is better), with its mean, paired 95% bootstrap interval and the
+    number of targets that would make the same mean significant (:func:`targets_needed`)."""
     d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     lo, hi = bootstrap_ci(d, seed)
     return {"mean_gain_nats": float(d.mean()), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
-            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "targets": int(len(d))}
+            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "targets": int(len(d)),
+            "targets_needed": targets_needed(d)}
 
 
 def summarise_targets(rows: Sequence[dict], seed: int = 0) -> dict:

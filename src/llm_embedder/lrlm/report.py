@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
 from ..schema import write_json
 from . import metrics
 from ..argparsing import ArgParser
@@ -110,6 +111,14 @@ def study(out: Path, k: int = 1, test_dir: Path | None = None, valid_dir: Path |
     return result
 
 
+def _needed(c: dict, before: str = "; ", after: str = "") -> str:
+    """', ~N targets would make this mean significant' for a positive mean that is not yet significant."""
+    n = c.get("targets_needed")
+    if n is None or c["significant"] or c["mean_gain_nats"] <= 0:
+        return ""
+    return f"{before}~{n:,} targets would make this mean significant{after}"
+
+
 def markdown(result: dict) -> str:
     lines = ["| row | test perplexity | mean NLL (nats/token) | 95% CI / seed std |", "|---|---|---|---|"]
     for label, s in result["rows"].items():
@@ -128,19 +137,20 @@ def markdown(result: dict) -> str:
             if len(result.get("tied_on_valid", [])) > 1 else ""
         lines.append(f"Chosen on valid: `{result['chosen_recipe_on_valid']}`{tie}; vs best baseline `{result['best_baseline']}`: "
                      f"{c['mean_gain_nats']:+.4f} nats/token, paired 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
-                     f"({c['wins']} wins / {c['losses']} losses of {c['targets']}).")
+                     f"({c['wins']} wins / {c['losses']} losses of {c['targets']}{_needed(c)}).")
     groups = [("each_recipe_vs_best_baseline", result["best_baseline"])]
     if result["best_baseline"] != f"trained:{HARD_LABEL}":
         groups.append(("each_recipe_vs_contrastive", HARD_LABEL))
     for key, other in groups:
         for r, c in result.get(key, {}).items():
             lines.append(f"- `{r}` vs `{other}`: {c['mean_gain_nats']:+.4f} nats/token, "
-                         f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] ({c['wins']} wins / {c['losses']} losses)")
+                         f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] ({c['wins']} wins / {c['losses']} losses{_needed(c)})")
     for key, name in (("fitted_vs_best_baseline", f"`fitted` vs `{result['best_baseline']}`"),
                       ("chosen_vs_fitted", f"`{result['chosen_recipe_on_valid']}` vs `fitted`")):
         if key in result:
             c = result[key]
-            lines.append(f"- {name}: {c['mean_gain_nats']:+.4f} nats/token, [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
+            lines.append(f"- {name}: {c['mean_gain_nats']:+.4f} nats/token, [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+                         f"{_needed(c, ' (', ')')}")
     if result.get("share_of_gap_to_definition_recovered") is not None:
         lines.append(f"Share of the gap between `{result['best_baseline']}` and the definition's chunk recovered: "
                      f"{result['share_of_gap_to_definition_recovered']:.2f}.")
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     valid_dir = "default" if args.valid_dir is None else (None if args.valid_dir == "none" else Path(args.valid_dir))
     result = study(out, args.k, Path(args.test_dir) if args.test_dir else None, valid_dir)
     write_json(out / "study.json", result)
-    (out / "study.md").write_text(markdown(result))
+    atomic_write(out / "study.md", lambda f: f.write(markdown(result)))
     plot(result, Path(args.png) if args.png else out / "study.png")
     print(markdown(result))
     return 0
