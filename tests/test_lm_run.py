@@ -7,6 +7,8 @@ import pytest
 from llm_embedder.errors import UserError
 from llm_embedder.lm import run as lm_run
 from llm_embedder.lm.scorer import LMScorer
+from llm_embedder.paths import sidecar_corpus
+from llm_embedder.resources import resolve_data_path
 from test_lm_fixtures import QA_ROWS, one_torch_thread, reference_score, tiny_lm, tiny_lm_dir, write_jsonl  # noqa: F401
 
 
@@ -69,7 +71,7 @@ def test_query_likelihood_with_corpus_indices_and_max_keys(tmp_path, tiny_lm_dir
     assert (out["pos_index"], out["neg_index"], out["pos_ids"], len(out["teacher_scores"])) == ([3], [0, 4], ["d3"], 3)
     meta = json.loads((tmp_path / "claims.scored.ql.meta.json").read_text())
     assert meta["fields_truncated_by_max_keys"] == ["neg_index"] and meta["max_pos"] is None
-    assert meta["lm"]["dtype"] == "bfloat16" and meta["corpus"] == str(corpus.resolve())
+    assert meta["lm"]["dtype"] == "bfloat16" and meta["corpus"] == "corpus.jsonl"  # beside the output: relative
     tok = tiny_lm.tokenizer
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt = enc("Passage: T4: text 4\nPlease write a question/claim based on this passage.\n")
@@ -255,6 +257,24 @@ def test_rows_without_task_are_refused_before_the_lm_is_located(tmp_path, monkey
     assert f"{bad}:1: task: missing" in err and "convert beir --task qa" in err and "--template NAME" in err
 
 
+def test_the_scored_sidecar_names_its_corpus_so_that_it_survives_a_moved_checkout(tmp_path, tiny_lm_dir):
+    """A corpus under the shipped data is named ``llm-embedder:...`` (an absolute path into one checkout broke
+    training from a scored file once that checkout was gone), one beside the output relatively, others absolutely;
+    training then finds the same corpus through the sidecar."""
+    rows = [{"query": "a question", "task": "qa", "pos_index": [0], "neg_index": [1], "answers": ["yes"]}]
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = write_jsonl(tmp_path / "elsewhere" / "corpus.jsonl", [{"_id": f"d{i}", "text": f"text {i}"} for i in range(3)])
+    for corpus, want in (("llm-embedder:pubmedqa/corpus.jsonl", "llm-embedder:pubmedqa/corpus.jsonl"),
+                         (str(elsewhere), str(elsewhere.resolve()))):
+        out = tmp_path / want.replace("/", "_").replace(":", "_")
+        out.mkdir()
+        data = write_jsonl(out / "train.json", rows)
+        score(["--eval_data", data, "--corpus", corpus, "--template", "qa", "--model_name_or_path", tiny_lm_dir,
+               "--save_name", "s"])
+        assert json.loads((out / "train.scored.s.meta.json").read_text())["corpus"] == want
+        assert sidecar_corpus(out / "train.scored.s.json") == resolve_data_path(corpus).resolve()
+
+
 def test_a_mined_file_needs_neither_corpus_nor_key_template(tmp_path, tiny_lm_dir):
     """The mining sidecar names the corpus and the key template; scoring takes both from it (issue 11, point 6)."""
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(5)])
@@ -262,7 +282,7 @@ def test_a_mined_file_needs_neither_corpus_nor_key_template(tmp_path, tiny_lm_di
     (tmp_path / "train.neg.bm25.meta.json").write_text(json.dumps({"corpus": "corpus.jsonl", "key_template": "{title}: {text}"}))
     score(["--eval_data", data, "--template", "query_likelihood", "--model_name_or_path", tiny_lm_dir, "--save_name", "s"])
     meta = json.loads((tmp_path / "train.neg.bm25.scored.s.meta.json").read_text())
-    assert meta["corpus"] == str(corpus.resolve()) and meta["key_template"] == "{title}: {text}"
+    assert meta["corpus"] == "corpus.jsonl" and meta["key_template"] == "{title}: {text}"
     score(["--eval_data", data, "--template", "query_likelihood", "--model_name_or_path", tiny_lm_dir, "--save_name", "t",
            "--corpus", corpus])  # an explicit --corpus means the sidecar's template is not assumed
     assert json.loads((tmp_path / "train.neg.bm25.scored.t.meta.json").read_text())["key_template"] is None

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
-from .resources import resolve_data_path
+from .resources import DATA_PREFIX, data_root, resolve_data_path
 
 
 def _stem(source: Path) -> str:
@@ -48,10 +48,25 @@ def sidecar_string(source: str | os.PathLike, name: str, what: str = "a string")
     return value
 
 
+def portable_path(path: Path, folder: Path) -> str:
+    """How a sidecar names ``path`` so that it stays valid when folders move.
+
+    Inside ``folder``: relative to it (``corpus.jsonl``); inside the data root: ``llm-embedder:NAME/...``;
+    elsewhere: absolute. POSIX separators.
+    """
+    path, folder, root = Path(path).resolve(), Path(folder).resolve(), data_root().resolve()
+    if path.is_relative_to(folder):
+        return path.relative_to(folder).as_posix()
+    if path.is_relative_to(root):
+        return DATA_PREFIX + path.relative_to(root).as_posix()
+    return path.as_posix()
+
+
 def sidecar_corpus(source: str | os.PathLike) -> Path | None:
     """The corpus a records file points at, as recorded in its sidecar (``{"corpus": path}``), or None.
 
-    A relative path in the sidecar is relative to the sidecar's folder.
+    A relative path in the sidecar is relative to the sidecar's folder (writers name it with
+    :func:`portable_path`).
     """
     corpus = sidecar_string(source, "corpus", "a path string")
     if corpus is None:

@@ -26,7 +26,8 @@ from ..corpus import ids_to_rows, read_corpus_ids
 from ..errors import UserError
 from ..resources import resolve_data_path
 from ..schema import raise_if_errors, read_json_objects, read_records, validate_record
-from .sidecar import portable_path, sha256_file
+from ..paths import portable_path
+from .sidecar import sha256_file
 
 QRELS_HEADER_NAMES = {"query-id", "query_id", "qid", "query"}
 

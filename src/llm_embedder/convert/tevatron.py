@@ -22,6 +22,7 @@ from pathlib import Path
 from ..argparsing import ArgParser
 from ..corpus import default_key_text, load_corpus, row_id
 from ..errors import UserError, cli_guard
+from ..paths import portable_path
 from ..resources import resolve_data_path
 from ..schema import meta_path, raise_if_errors, read_json_objects, read_records, sidecar_corpus, write_json, write_records
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         write_records(output, records)
         if corpus is not None:
             write_json(meta_path(output), {"converted_from": "tevatron", "source": str(path.resolve()),
-                                           "corpus": str(corpus.path.resolve()), "corpus_rows": len(corpus)})
+                                           "corpus": portable_path(corpus.path, output.parent), "corpus_rows": len(corpus)})
         print(f"wrote {output}: {len(records)} records" + (f" pointing into {corpus.path}" if corpus else ""))
         return 0
     rf = read_records(source, purpose="any")

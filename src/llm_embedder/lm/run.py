@@ -22,7 +22,7 @@ from ..runinfo import versions
 from ..corpus import load_corpus
 from ..argparsing import ArgParser
 from ..errors import UserError, cli_guard
-from ..paths import sidecar_key_template
+from ..paths import portable_path, sidecar_key_template
 from ..schema import derived_path, meta_path, read_records, sidecar_corpus, write_json, write_records
 from . import distributed as dist_utils
 from .api import ANSWER_POLICIES, teacher_scores_from_pairs as aggregate
@@ -97,7 +97,8 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
     truncated = sorted({name for rp in plan.row_plans for name in rp.truncated_fields})
     return {
         "output": str(output), "eval_data": str(source),
-        "corpus": str(corpus.path.resolve()) if corpus is not None else None, "key_template": args.key_template,
+        "corpus": portable_path(corpus.path, output.parent) if corpus is not None else None,
+        "key_template": args.key_template,
         "lm": lm_info, "template_argument": args.template, "templates": templates,
         "normalisation": NORMALISATION, "answer_policy": args.answer_policy,
         "special_tokens": "prompt + answer tokenised as one text and split at the answer's first character; the "

@@ -134,7 +134,7 @@ def write_mined_sidecar(mined_path: Path, source: Path, corpus: Corpus, key_temp
     """``{name}.neg.{save_name}.meta.json`` beside the mined file: the corpus its ``neg_index`` rows point at
     (so ``validate`` checks them and LM scoring finds the corpus without ``--corpus``), the source file, the
     retrieval settings and the mining counts."""
-    from ..convert.sidecar import portable_path
+    from ..paths import portable_path
     from ..io import write_json
     from ..paths import meta_path
 
