@@ -273,6 +273,9 @@ def test_the_scored_sidecar_names_its_corpus_so_that_it_survives_a_moved_checkou
                "--save_name", "s"])
         assert json.loads((out / "train.scored.s.meta.json").read_text())["corpus"] == want
         assert sidecar_corpus(out / "train.scored.s.json") == resolve_data_path(corpus).resolve()
+    elsewhere.unlink()  # the corpus moved away: reading the sidecar says which sidecar and field to fix
+    with pytest.raises(UserError, match=r"train.scored.s.meta.json: corpus: .*elsewhere/corpus.jsonl does not exist"):
+        sidecar_corpus(out / "train.scored.s.json")
 
 
 def test_a_mined_file_needs_neither_corpus_nor_key_template(tmp_path, tiny_lm_dir):

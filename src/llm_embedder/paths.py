@@ -66,13 +66,18 @@ def sidecar_corpus(source: str | os.PathLike) -> Path | None:
     """The corpus a records file points at, as recorded in its sidecar (``{"corpus": path}``), or None.
 
     A relative path in the sidecar is relative to the sidecar's folder (writers name it with
-    :func:`portable_path`).
+    :func:`portable_path`). A named corpus that is not there is a one-line error naming the sidecar: the file's
+    row indices mean nothing without it.
     """
     corpus = sidecar_string(source, "corpus", "a path string")
     if corpus is None:
         return None
     path = resolve_data_path(corpus)
-    return path if path.is_absolute() else meta_path(source).parent / path
+    path = path if path.is_absolute() else meta_path(source).parent / path
+    if not path.is_file():
+        raise UserError(f"{meta_path(source)}: corpus: {corpus} does not exist; the file's row indices refer to it "
+                        "(set the field to the corpus's current path)")
+    return path
 
 
 def sidecar_key_template(source: str | os.PathLike) -> str | None:
