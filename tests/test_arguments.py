@@ -169,6 +169,17 @@ def test_comma_and_space_lists_and_bare_booleans():
     assert parse_args(["--output_dir", "o", "--untie_encoder", "false"])[0].tie_encoders is True
 
 
+def test_a_list_value_that_names_an_existing_path_with_a_comma_stays_whole(tmp_path):
+    folder = tmp_path / "lr=1e-4,warmup=0.1"
+    folder.mkdir()
+    (folder / "a.json").write_text("")
+    path = str(folder / "a.json")
+    assert parse_args(["--output_dir", "o", "--train_data", path])[1].train_data == [path]
+    assert parse_args(["--output_dir", "o", f"--train_data={path}"])[1].train_data == [path]
+    missing = str(tmp_path / "x.json") + "," + str(tmp_path / "y.json")  # not a path: a list of two
+    assert parse_args(["--output_dir", "o", "--train_data", missing])[1].train_data == missing.split(",")
+
+
 def test_explicit_args_records_only_what_the_user_gave():
     _, _, t = parse_args(["--output_dir", "o", "--train_n_passages", "2", "--learning_rate=1e-5"])
     assert t.explicit_args == frozenset({"output_dir", "train_group_size", "learning_rate"})

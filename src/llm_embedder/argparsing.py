@@ -20,6 +20,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import os
 import sys
 import types
 from typing import Any, Iterable, Sequence
@@ -111,7 +112,11 @@ class _OneLineErrors:
 
 
 def _split(value: str) -> list[str]:
-    return [part for part in value.split(",") if part] if "," in value else [value]
+    """A comma list's parts, unless the whole value names an existing file or folder (a recipe folder such as
+    ``lr=1e-4,warmup=0.1/train.json`` is one path, not two)."""
+    if "," not in value or os.path.exists(value):
+        return [value]
+    return [part for part in value.split(",") if part]
 
 
 def _is_option(token: str) -> bool:
