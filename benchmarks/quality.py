@@ -153,9 +153,12 @@ def machine() -> dict:
 
 def run_unit(unit: Unit, ctx: Context, root: Path, log: Log, argv: list[str]) -> dict:
     folder = unit.folder(root)
-    if folder.exists():  # an interrupted attempt: start the unit over
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    if folder.exists():  # an interrupted attempt: start the unit over, except the steps 3iter.sh resumes itself
+        for entry in folder.iterdir():
+            if unit.row == ITER_ROW and entry.name == "3iter":
+                continue
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
     run = subprocess_runner(folder / "log.txt", ctx.threads, commands)
     started, load_start = time.time(), os.getloadavg()

@@ -207,6 +207,22 @@ def test_run_table_resumes_and_aggregates(tmp_path, monkeypatch):
     assert "3 of 3 units to run" in log and "0 of 3 units to run" in log
 
 
+def test_an_interrupted_three_iteration_unit_keeps_the_steps_3iter_sh_resumes(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(quality, "ROWS", {"ours-3iter": fake_row("ours-3iter", calls), "a": fake_row("a", calls)})
+    root = tmp_path / "out" / "scifact" / "test" / "default"
+    for row in ("ours-3iter", "a"):
+        stale = root / row / "seed0"
+        (stale / "3iter" / "round-1").mkdir(parents=True)
+        (stale / "3iter" / "round-1" / "train.neg.bm25.json").write_text("mined")
+        (stale / "log.txt").write_text("the failed attempt")
+    argv = ["--rows", "ours-3iter", "a", "--seeds", "0", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")]
+    assert quality.main(argv) == 0 and sorted(calls) == ["a/seed0", "ours-3iter/seed0"]
+    assert (root / "ours-3iter" / "seed0" / "3iter" / "round-1" / "train.neg.bm25.json").read_text() == "mined"
+    assert "the failed attempt" not in (root / "ours-3iter" / "seed0" / "log.txt").read_text()
+    assert not (root / "a" / "seed0" / "3iter").exists()  # other rows start over entirely
+
+
 def test_stop_after_starts_nothing_new(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(quality, "ROWS", {"a": fake_row("a", calls)})
