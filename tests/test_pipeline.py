@@ -19,10 +19,14 @@ def head(src, dst, n):
 
 def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tiny_bert_dir, tmp_path):
     head(data_dir / "pubmedqa" / "train.json", tmp_path / "train.json", 12)
+    rows = [json.loads(line) for line in (tmp_path / "train.json").read_text().splitlines()]
+    rows[0]["pos_index"].append(rows[1]["pos_index"][0])  # two positives with N_KEYS=2: MAX_POS keeps a negative
+    rows[0].pop("pos_ids", None)
+    (tmp_path / "train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     head(data_dir / "pubmedqa" / "test.json", tmp_path / "test.json", 8)
     lm = build_tiny_lm(tmp_path / "tiny_lm")
     out = tmp_path / "out"
-    env = dict(os.environ, ROUNDS="2", N_QUERIES="8", N_KEYS="3", MODEL=str(tiny_bert_dir), LM=str(lm),
+    env = dict(os.environ, ROUNDS="2", N_QUERIES="8", N_KEYS="2", MODEL=str(tiny_bert_dir), LM=str(lm),
                BM25_BACKEND="bm25s", EPOCHS="1", BATCH="4", OUT=str(out), TORCH_THREADS="1",
                EXTRA_TRAIN_ARGS="--query_max_length 32 --key_max_length 64 --disable_tqdm True",
                EXTRA_EVAL_ARGS="--key_max_length 64")
@@ -35,7 +39,8 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     assert [row.split("|")[1].strip() for row in table[2:5]] == ["0", "1", "2"]
     assert "bm25" in table[3] and "dense (round 1)" in table[4]
     scored = [json.loads(l) for l in (out / "round-2" / "train.neg.dense.scored.lm.json").read_text().splitlines()]
-    assert len(scored) == 8 and all(len(r["teacher_scores"]) == 3 for r in scored)
+    assert len(scored) == 8 and all(len(r["teacher_scores"]) == 2 and len(r["pos_index"]) == 1 == len(r["neg_index"])
+                                    for r in scored)
     mined = [json.loads(l) for l in (out / "round-1" / "train.neg.bm25.json").read_text().splitlines()]
     assert all(not set(r["neg_index"]) & set(r["pos_index"]) for r in mined)
     assert (out / "round-2" / "model" / "model.safetensors").is_file()

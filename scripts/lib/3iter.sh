@@ -6,6 +6,7 @@
 # candidates with the LM, trains (from the previous round's model), and evaluates on TEST. Sizes come from
 # the environment so a 2-core CPU finishes in reasonable time:
 #   N_QUERIES (48)  training queries mined and scored per round     N_KEYS (6)  keys per query (1 pos + negs)
+#   MAX_POS (N_KEYS - 1)  positives scored per query, so a query with many positives still keeps a negative
 #   ROUNDS (3)  MODEL (minilm)  LM (smollm2)  TEMPLATE (auto; query_likelihood for data without answers)
 #   EPOCHS (2)  BATCH (8)  LR (2e-5)  BM25_BACKEND (pyserini)  OUT (runs/3iter-NAME)
 #   EXTRA_TRAIN_ARGS / EXTRA_EVAL_ARGS  more arguments for run_dense.py / eval_retrieval
@@ -18,6 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 three_iterations() {
   local name=$1 train=$2 test=$3 corpus=$4
   local out=${OUT:-runs/3iter-$name} rounds=${ROUNDS:-3} n_queries=${N_QUERIES:-48} n_keys=${N_KEYS:-6}
+  local max_pos=${MAX_POS:-$(( ${N_KEYS:-6} - 1 ))}
   local model=${MODEL:-minilm} lm=${LM:-smollm2} template=${TEMPLATE:-auto}
   local evaluate=("$PY" -m evaluation.eval_retrieval --corpus "$corpus" --metrics ndcg recall mrr --cutoffs 10 100 --hits 100)
   mkdir -p "$out"
@@ -63,7 +65,7 @@ PYEOF
     echo "== round $r: score $(wc -l < "$mined") queries x $n_keys keys with $lm"
     done_already "$scored" "LM scoring" ||
       "$PY" run_lm_score.py --eval_data "$mined" --corpus "$corpus" --model_name_or_path "$lm" --template "$template" \
-        --save_name lm --max_keys "$n_keys" --output_dir "$dir"
+        --save_name lm --max_keys "$n_keys" --max_pos "$max_pos" --output_dir "$dir"
     echo "== round $r: train from $encoder"
     if ! done_already "$dir/model/.complete" training; then
       run_dense --model_name_or_path "$encoder" --train_data "$scored" --corpus "$corpus" \
