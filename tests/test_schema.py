@@ -269,6 +269,9 @@ def test_derived_and_meta_names(tmp_path):
     records = write_records(tmp_path / "sub" / "train.json", [GOOD])
     assert sidecar_corpus(records) is None
     write_json(meta_path(records), {"corpus": "../corpus.jsonl"})
+    with pytest.raises(UserError, match=r"sub/train.meta.json: corpus: ../corpus.jsonl does not exist"):
+        sidecar_corpus(records)  # a sidecar naming a missing corpus: one line naming the sidecar
+    (tmp_path / "corpus.jsonl").write_text("")
     assert sidecar_corpus(records) == tmp_path / "sub" / "../corpus.jsonl"
     write_json(meta_path(records), {"corpus": "llm-embedder:scifact/corpus.jsonl"})
     assert sidecar_corpus(records).resolve() == (resolve_data_path("llm-embedder:scifact/corpus.jsonl")).resolve()
