@@ -157,7 +157,10 @@ def run_unit(unit: Unit, ctx: Context, root: Path, log: Log, argv: list[str]) ->
         for entry in folder.iterdir():
             if unit.row == ITER_ROW and entry.name == "3iter":
                 continue
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
     run = subprocess_runner(folder / "log.txt", ctx.threads, commands)
