@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"table": str(root), "fusion": args.fusion, "bm25_alone": bm25, "rows": rows,
            "units": units_by_row, "command": " ".join(sys.argv)}
     write_json(Path(args.output + ".json"), out)
-    atomic_write(Path(args.output + ".md"), lambda f: f.write(markdown(rows, bm25)))
-    print(markdown(rows, bm25))
+    text = markdown(rows, bm25)
+    atomic_write(Path(args.output + ".md"), lambda f: f.write(text))
+    print(text)
     return 0
 
 

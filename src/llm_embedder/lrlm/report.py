@@ -94,8 +94,8 @@ def study(out: Path, k: int = 1, test_dir: Path | None = None, valid_dir: Path |
               "each_recipe_vs_best_baseline": {r: metrics.paired(v, baselines[best]) for r, v in distilled_test.items()},
               "valid_mean_nll": valid_mean}
     if contrastive:  # the question the study asks: soft labels against hard labels from the same data
-        result["each_recipe_vs_contrastive"] = {r: metrics.paired(v, baselines[f"trained:{HARD_LABEL}"])
-                                                for r, v in distilled_test.items()}
+        result["each_recipe_vs_contrastive"] = result["each_recipe_vs_best_baseline"] if best == f"trained:{HARD_LABEL}" \
+            else {r: metrics.paired(v, baselines[f"trained:{HARD_LABEL}"]) for r, v in distilled_test.items()}
     if chosen is None:
         return result
     chosen_nll = distilled_test[chosen]
@@ -198,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     valid_dir = "default" if args.valid_dir is None else (None if args.valid_dir == "none" else Path(args.valid_dir))
     result = study(out, args.k, Path(args.test_dir) if args.test_dir else None, valid_dir)
     write_json(out / "study.json", result)
-    atomic_write(out / "study.md", lambda f: f.write(markdown(result)))
+    text = markdown(result)
+    atomic_write(out / "study.md", lambda f: f.write(text))
     plot(result, Path(args.png) if args.png else out / "study.png")
-    print(markdown(result))
+    print(text)
     return 0
 
 
