@@ -131,6 +131,49 @@ def test_three_iteration_row_trains_with_the_recipe(tmp_path, monkeypatch, fast)
     assert extra[extra.index("--seed") + 1] == "3" and env["LR"] == "0.0001" and env["N_KEYS"] == "2"
 
 
+def _finished_rounds(seed_dir: Path, rows: int = 4, max_neg: int = 1) -> None:
+    """Fake what 3iter.sh leaves after round 1 of one seed: round 0's evaluation, round 1's mining, scoring
+    (plus a stale partial), model and evaluation."""
+    r0, r1 = seed_dir / "3iter" / "round-0", seed_dir / "3iter" / "round-1"
+    for d in (r0, r1 / "model", r1 / "train.neg.bm25.scored.lm.json.partial"):
+        d.mkdir(parents=True)
+    for name in ("test.eval.eval.json", "test.run.eval.trec"):
+        (r0 / name).write_text(f"base {name}")
+    for name in ("train.neg.bm25.json", "train.run.bm25.trec", "train.neg.bm25.scored.lm.json",
+                 "test.eval.eval.json"):
+        (r1 / name).write_text(f"{seed_dir.name} {name}")
+    (r1 / "train.neg.bm25.meta.json").write_text(json.dumps({"counts": {"rows": rows}, "retrieval": {"max_neg_num": max_neg}}))
+
+
+def test_later_seeds_copy_the_steps_no_seed_enters(tmp_path):
+    """Round 0 (base model) and round 1's BM25 mining + LM scoring are the same for every seed: a later seed
+    copies them from a finished seed; the seed's own model and its evaluation are never copied."""
+    ctx = qr.Context("scifact", qr.DATASETS["scifact"], qr.Recipe(), "llm-embedder:scifact/train.json", None, None,
+                     "llm-embedder:scifact/test.json", n_train=4)
+    _finished_rounds(tmp_path / "seed0")
+    seed1 = tmp_path / "seed1"
+    copied = qr.copy_seed_independent_steps(ctx, seed1, seed1 / "3iter")
+    names = sorted(str(p.relative_to(seed1 / "3iter")) for p in copied)
+    assert names == ["round-0/test.eval.eval.json", "round-0/test.run.eval.trec",
+                     "round-1/train.neg.bm25.json", "round-1/train.neg.bm25.meta.json",
+                     "round-1/train.neg.bm25.scored.lm.json", "round-1/train.run.bm25.trec"]
+    assert (seed1 / "3iter" / "round-1" / "train.neg.bm25.scored.lm.json").read_text() == "seed0 train.neg.bm25.scored.lm.json"
+    assert "round-1: copied" in (seed1 / "log.txt").read_text()
+    assert qr.copy_seed_independent_steps(ctx, seed1, seed1 / "3iter") == []  # already there: nothing again
+    assert qr.copy_seed_independent_steps(ctx, tmp_path / "seed0", tmp_path / "seed0" / "3iter") == []
+
+
+@pytest.mark.parametrize("rows,max_neg", [(3, 1), (4, 2)])
+def test_a_seed_mined_at_other_sizes_is_not_copied(tmp_path, rows, max_neg):
+    """--iter_queries is not part of the units' folder: round 1 mined for another number of queries (or
+    negatives) stays where it is; round 0 does not depend on it and is still copied."""
+    ctx = qr.Context("scifact", qr.DATASETS["scifact"], qr.Recipe(), "llm-embedder:scifact/train.json", None, None,
+                     "llm-embedder:scifact/test.json", n_train=4)
+    _finished_rounds(tmp_path / "seed0", rows=rows, max_neg=max_neg)
+    copied = qr.copy_seed_independent_steps(ctx, tmp_path / "seed2", tmp_path / "seed2" / "3iter")
+    assert {p.parent.name for p in copied} == {"round-0"}
+
+
 def test_score_command_runs_under_torchrun_with_several_processes(tmp_path):
     inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
     one, two = qi.score_cmd(qr.DATASETS["scifact"], inputs), qi.score_cmd(qr.DATASETS["scifact"], inputs, 2)
