@@ -158,6 +158,35 @@ def test_resume_after_a_kill_gives_identical_output(built, tiny_lm, tmp_path):
     assert resumed == straight and len(partial.read_text().splitlines()) > 3
 
 
+def test_a_partial_file_survives_moving_the_model_but_not_changing_it(built, tiny_lm, tiny_lm_dir, tmp_path):
+    """The partial file's fingerprint names the model's files, not the folder holding them: the same LM in
+    another checkout's cache resumes it; a different LM (another file size) is refused in one line."""
+    import shutil
+
+    from llm_embedder.errors import UserError
+    from llm_embedder.lm.scorer import LMScorer
+    from llm_embedder.lrlm.score import fingerprint
+
+    moved = shutil.copytree(tiny_lm_dir, tmp_path / "elsewhere" / "lm")
+    assert fingerprint({"path": str(moved), "dtype": "float32"}, 600) == fingerprint({"path": str(tiny_lm_dir), "dtype": "float32"}, 600)
+    assert fingerprint({"path": "smollm2", "dtype": "float32"}, 600) != fingerprint({"path": "other", "dtype": "float32"}, 600)
+    sep = json.loads((built / "train.meta.json").read_text())["separator_ids"]
+    records = _read(built / "train.json")[:2]
+    sets = [[()] for _ in records]
+    partial = tmp_path / "x.partial.jsonl"
+    scorer = LMScorer(tiny_lm.model)
+    first = score_key_sets(records, sets, sep, scorer, 600, partial=partial, progress=False,
+                           model_desc={"path": str(tiny_lm_dir), "dtype": "float32"})
+    again = score_key_sets(records, sets, sep, _KillAfter(scorer, 0), 600, partial=partial, progress=False,
+                           model_desc={"path": str(moved), "dtype": "float32"})  # nothing left to score
+    assert again == first
+    with open(moved / "config.json", "a") as f:
+        f.write("\n")
+    with pytest.raises(UserError, match="partial scores of another model"):
+        score_key_sets(records, sets, sep, scorer, 600, partial=partial, progress=False,
+                       model_desc={"path": str(moved), "dtype": "float32"})
+
+
 def _eval(argv):
     from llm_embedder.lrlm.eval_cli import main
 

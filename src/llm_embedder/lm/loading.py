@@ -40,6 +40,20 @@ class LoadedLM:
                 "class": type(self.model).__name__, "num_parameters": sum(p.numel() for p in self.model.parameters())}
 
 
+def lm_files(folder: str | os.PathLike) -> dict[str, int]:
+    """Names and sizes of the LM folder's weight, config and tokenizer files: what identifies the model for a
+    resume (not the folder's path, which changes with the venv or checkout holding it, nor mtimes)."""
+    root = Path(folder)
+    return {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*"))
+            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")}
+
+
+def lm_identity(info: dict) -> dict:
+    """``describe()``'s fields (or a smaller dict with ``path``) with the paths replaced by the folder's files:
+    the same model scores the same wherever its cache or checkout lives, so a partial file stays valid."""
+    return {**{k: v for k, v in info.items() if k not in ("path", "source")}, "files": lm_files(info["path"])}
+
+
 def dtype_name(dtype: str | torch.dtype) -> str:
     """``"float32"``/``"bfloat16"`` from a name or a torch dtype; anything else is a UserError."""
     name = str(dtype).replace("torch.", "")

@@ -27,7 +27,7 @@ from ..schema import derived_path, meta_path, read_records, sidecar_corpus, writ
 from . import distributed as dist_utils
 from .api import ANSWER_POLICIES, teacher_scores_from_pairs as aggregate
 from .checkpoint import PartialScores, remove_partial
-from .loading import load_model, load_tokenizer, local_lm_dir
+from .loading import lm_identity, load_model, load_tokenizer, local_lm_dir
 from .pairs import AUTO, ScoringPlan, build_plan, plan_rows
 from .scorer import LMScorer, pack_batches
 from .templates import template_names
@@ -114,14 +114,6 @@ def build_meta(args, plan: ScoringPlan, lm_info: dict, source: Path, output: Pat
     }
 
 
-def lm_files(folder: str | os.PathLike) -> dict[str, int]:
-    """Names and sizes of the LM folder's weight, config and tokenizer files: what identifies the model for a
-    resume (not the folder's path, which changes with the venv or checkout holding it, nor mtimes)."""
-    root = Path(folder)
-    return {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*"))
-            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")}
-
-
 def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_info: dict, rank: int,
                     world: int) -> tuple[list[float] | None, int]:
     """Score this rank's share of the batches not yet in the partial folder; rank 0 gets every pair's score
@@ -130,8 +122,7 @@ def score_resumably(plan: ScoringPlan, scorer: LMScorer, args, output: Path, lm_
 
     sequences = [(p.prompt_ids, p.target_ids) for p in plan.pairs]
     batches = pack_batches([len(p) + len(t) for p, t in sequences], args.token_budget)
-    identity = {**{k: v for k, v in lm_info.items() if k not in ("path", "source")}, "files": lm_files(lm_info["path"])}
-    partial = PartialScores(output, plan.fingerprint({"lm": identity, "token_budget": args.token_budget}), rank)
+    partial = PartialScores(output, plan.fingerprint({"lm": lm_identity(lm_info), "token_budget": args.token_budget}), rank)
     done = partial.load(len(sequences))
     if rank == 0 and args.save_every:
         partial.start()

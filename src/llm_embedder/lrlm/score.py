@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
+from ..lm.loading import lm_identity
 
 KeySet = tuple[int, ...]
 
@@ -66,8 +67,11 @@ def units(items: Sequence[Sequence[Sequence_]], token_budget: int) -> list[list[
 
 
 def fingerprint(model_desc: dict, token_budget: int) -> str:
-    """The identity of the scoring set-up (model, dtype, batching); a partial file of another is refused."""
-    return hashlib.sha256(json.dumps([model_desc.get("path"), model_desc.get("dtype"), token_budget]).encode()).hexdigest()
+    """The identity of the scoring set-up (the model's files, not where they are; dtype; batching); a partial
+    file of another is refused."""
+    path = model_desc.get("path")
+    model = lm_identity(model_desc)["files"] if path and Path(path).is_dir() else path  # else an alias's name
+    return hashlib.sha256(json.dumps([model, model_desc.get("dtype"), token_budget], sort_keys=True).encode()).hexdigest()
 
 
 def item_digest(seqs: Sequence[Sequence_]) -> str:
