@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import quality_inputs as qi  # noqa: E402
 from quality_compare import comparisons, markdown_comparisons  # noqa: E402
 from quality_plan import Unit, aggregate, markdown_table, pending, plan, read_result  # noqa: E402
-from quality_rows import DATASETS, ROWS, Context, Recipe, subprocess_runner  # noqa: E402
+from quality_rows import DATASETS, ROWS, Context, Recipe, recorded_step_seconds, subprocess_runner  # noqa: E402
 
 from llm_embedder.io import atomic_write, write_json  # noqa: E402
 
@@ -167,8 +167,11 @@ def run_unit(unit: Unit, ctx: Context, root: Path, log: Log, argv: list[str]) ->
     started, load_start = time.time(), os.getloadavg()
     eval_json = ROWS[unit.row].runner(ctx, unit, folder, run)
     metrics = json.loads(Path(eval_json).read_text())["metrics"]
+    this_run = time.time() - started
+    steps = recorded_step_seconds(folder / "3iter") if unit.row == ITER_ROW else None  # every run's steps
     result = {"row": unit.row, "seed": unit.seed, "dataset": ctx.dataset, "eval_data": ctx.eval_data,
-              "metrics": metrics, "wall_time_s": round(time.time() - started, 1), "commands": commands,
+              "metrics": metrics, "wall_time_s": round(steps if steps is not None else this_run, 1),
+              "wall_time_this_run_s": round(this_run, 1), "commands": commands,
               "eval_file": str(eval_json), "recipe": ctx.recipe.__dict__, "n_train_queries": ctx.n_train,
               "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
               "load_average_start": load_start, "load_average_end": os.getloadavg(), "machine": machine(),

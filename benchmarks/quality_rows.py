@@ -245,6 +245,20 @@ def _same_sizes(ctx: Context, source: Path, stem: str, round_dir: str) -> bool:
             and meta["retrieval"]["max_neg_num"] == ctx.recipe.group_size - 1)
 
 
+def recorded_step_seconds(out: Path) -> float | None:
+    """Seconds the 3-iteration steps took over every run (3iter.sh's ``timings.tsv``; the latest run of each
+    step counts), so a resumed unit reports what it cost, not only its last run. Steps copied from another
+    seed have no line and cost this seed nothing. None when no step was timed."""
+    path = out / "timings.tsv"
+    if not path.is_file():
+        return None
+    latest = {}
+    for line in path.read_text().splitlines():
+        round_, step, seconds = line.split("\t")
+        latest[(round_, step)] = float(seconds)
+    return sum(latest.values())
+
+
 def check_setup_is_noop() -> None:
     """scripts/lib/common.sh runs scripts/setup.sh; refuse unless that is a no-op for the venv in use
     (same stamp as setup.sh computes), so the 3-iteration row never reinstalls a shared environment."""

@@ -44,9 +44,11 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     mined = [json.loads(l) for l in (out / "round-1" / "train.neg.bm25.json").read_text().splitlines()]
     assert all(not set(r["neg_index"]) & set(r["pos_index"]) for r in mined)
     assert (out / "round-2" / "model" / "model.safetensors").is_file()
+    timings = [line.split("\t")[:2] for line in (out / "timings.tsv").read_text().splitlines()]
+    assert timings == [["0", "evaluate"]] + [[r, s] for r in "12" for s in ("mine", "score", "train", "evaluate")]
 
     # A second run with the same OUT reuses every finished step (1 eval + 2 rounds x 4 steps) and rebuilds the
-    # same table; removing one round's model marker retrains that round only.
+    # same table; removing one round's model marker retrains that round and redoes what follows it.
     model_file = out / "round-2" / "model" / "model.safetensors"
     trained_at = model_file.stat().st_mtime_ns
     rerun = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=900)
@@ -54,5 +56,18 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     assert rerun.stdout.count("reusing") == 9
     again = (out / "results.md").read_text().splitlines()
     assert [row.split("|")[3] for row in again[2:5]] == [row.split("|")[3] for row in table[2:5]]
+    assert [row.split("|")[6] for row in again[2:5]] == [row.split("|")[6] for row in table[2:5]]  # minutes of all runs
+    assert len((out / "timings.tsv").read_text().splitlines()) == 9  # reused steps are not timed again
     assert "9 steps reused" in again[-1]
     assert model_file.stat().st_mtime_ns == trained_at
+
+    (out / "round-2" / "model" / ".complete").unlink()
+    round1_model = out / "round-1" / "model" / "model.safetensors"
+    round1_at = round1_model.stat().st_mtime_ns
+    third = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-4000:]
+    # round 2 retrains, and its evaluation (of the old model) is redone; everything before is reused
+    assert third.stdout.count("reusing") == 7 and model_file.stat().st_mtime_ns != trained_at
+    assert round1_model.stat().st_mtime_ns == round1_at
+    lines = [line.split("\t")[:2] for line in (out / "timings.tsv").read_text().splitlines()]
+    assert len(lines) == 11 and lines[-2:] == [["2", "train"], ["2", "evaluate"]]

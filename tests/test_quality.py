@@ -163,6 +163,14 @@ def test_later_seeds_copy_the_steps_no_seed_enters(tmp_path):
     assert qr.copy_seed_independent_steps(ctx, tmp_path / "seed0", tmp_path / "seed0" / "3iter") == []
 
 
+def test_a_resumed_three_iteration_unit_reports_every_runs_steps(tmp_path):
+    """3iter.sh appends (round, step, seconds) per finished step; the unit's cost is the latest line of each
+    step summed, over every run, not the last run's wall time; no file means nothing was timed."""
+    assert qr.recorded_step_seconds(tmp_path) is None
+    (tmp_path / "timings.tsv").write_text("0\tevaluate\t60\n1\tmine\t30\n1\tscore\t600\n1\tscore\t900\n")
+    assert qr.recorded_step_seconds(tmp_path) == 60 + 30 + 900
+
+
 @pytest.mark.parametrize("rows,max_neg", [(3, 1), (4, 2)])
 def test_a_seed_mined_at_other_sizes_is_not_copied(tmp_path, rows, max_neg):
     """--iter_queries is not part of the units' folder: round 1 mined for another number of queries (or

@@ -12,7 +12,11 @@
 #   EXTRA_TRAIN_ARGS / EXTRA_EVAL_ARGS  more arguments for run_dense.py / eval_retrieval
 # Everything each step writes stays in OUT/round-R/, so any step can be inspected or re-run on its own.
 # Resumable: run it again with the same OUT and every step whose output is complete is reused (said in the
-# log and counted under the table); FORCE=1 redoes everything. Outputs appear only when a step succeeds (the
+# log and counted under the table); FORCE=1 redoes everything. Once a step of round 1 or later runs, every
+# step after it runs too (each depends on the one before), so deleting round-2/model/.complete retrains round 2
+# and re-evaluates it, then redoes the rounds after it. Each step's seconds go to OUT/timings.tsv
+# (round, step, seconds; the latest run of a step wins), so the table's minutes are what each round cost over
+# every run, not only the last one. Outputs appear only when a step succeeds (the
 # tools write temp files and rename; a trained model is marked complete by OUT/round-R/model/.complete).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -23,11 +27,23 @@ three_iterations() {
   local model=${MODEL:-minilm} lm=${LM:-smollm2} template=${TEMPLATE:-auto}
   local evaluate=("$PY" -m evaluation.eval_retrieval --corpus "$corpus" --metrics ndcg recall mrr --cutoffs 10 100 --hits 100)
   mkdir -p "$out"
-  local table="$out/results.md" started=$SECONDS reused=0
-  printf '| round | negatives mined by | nDCG@10 | R@100 | MRR@10 | minutes |\n|---|---|---|---|---|---|\n' > "$table"
+  local table="$out/results.md" started=$SECONDS reused=0 redone=""
+  printf '| round | negatives mined by | nDCG@10 | R@100 | MRR@10 | minutes (all runs) |\n|---|---|---|---|---|---|\n' > "$table"
 
+  timed() {  # ROUND STEP CMD...: run CMD; when it succeeds, append its seconds to OUT/timings.tsv
+    local round=$1 step=$2 t=$SECONDS
+    shift 2
+    "$@" || return
+    [[ $round == 0 ]] || redone=1  # every later step depends on this one's output: none of them is reused
+    printf '%s\t%s\t%s\n' "$round" "$step" $(( SECONDS - t )) >> "$out/timings.tsv"
+  }
+  round_minutes() {  # [ROUND]: minutes the round's steps (all steps without ROUND) took, over every run that recorded them
+    [[ -f $out/timings.tsv ]] || { echo 0.0; return; }
+    awk -F'\t' -v r="${1:-}" 'r == "" || $1 == r { s[$1 FS $2] = $3 } END { for (k in s) t += s[k]; printf "%.1f", t / 60 }' \
+      "$out/timings.tsv"
+  }
   done_already() {  # OUTPUT STEP: true (and says so) when OUTPUT exists and FORCE is unset
-    if [[ -z ${FORCE:-} && -e $1 ]]; then echo "   reusing $1 ($2 done in an earlier run; FORCE=1 redoes it)"; reused=$(( reused + 1 )); return 0; fi
+    if [[ -z ${FORCE:-} && -z $redone && -e $1 ]]; then echo "   reusing $1 ($2 done in an earlier run; FORCE=1 redoes it)"; reused=$(( reused + 1 )); return 0; fi
     return 1
   }
   summary_row() {  # ROUND MINER SUMMARY_JSON MINUTES
@@ -40,16 +56,15 @@ PYEOF
   }
 
   echo "== round 0: $model before training"
-  local t0=$SECONDS test_stem train_stem
+  local test_stem train_stem
   test_stem=$(basename "${test#llm-embedder:}" .json) train_stem=$(basename "${train#llm-embedder:}" .json)
   done_already "$out/round-0/$test_stem.eval.eval.json" evaluation ||
-    "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$model" \
+    timed 0 evaluate "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$model" \
       --output_dir "$out/round-0" --save_name eval ${EXTRA_EVAL_ARGS:-}
-  summary_row 0 "-" "$out/round-0/$test_stem.eval.eval.json" $(( (SECONDS - t0) / 60 ))
+  summary_row 0 "-" "$out/round-0/$test_stem.eval.eval.json" "$(round_minutes 0)"
 
   local encoder=$model
   for r in $(seq 1 "$rounds"); do
-    t0=$SECONDS
     local dir="$out/round-$r"
     mkdir -p "$dir"
     # tag names the files ({train}.neg.{tag}.json); miner is the table's label
@@ -60,15 +75,15 @@ PYEOF
     local mined="$dir/$train_stem.neg.$tag.json" scored="$dir/$train_stem.neg.$tag.scored.lm.json"
     echo "== round $r: mine with ${miner}"
     done_already "$mined" mining ||
-      "${evaluate[@]}" --eval_data "$train" "${method[@]}" --metrics collate_neg --max_queries "$n_queries" \
+      timed "$r" mine "${evaluate[@]}" --eval_data "$train" "${method[@]}" --metrics collate_neg --max_queries "$n_queries" \
         --max_neg_num $(( n_keys - 1 )) --output_dir "$dir" --save_name "$tag"
     echo "== round $r: score $(wc -l < "$mined") queries x $n_keys keys with $lm"
     done_already "$scored" "LM scoring" ||
-      "$PY" run_lm_score.py --eval_data "$mined" --corpus "$corpus" --model_name_or_path "$lm" --template "$template" \
+      timed "$r" score "$PY" run_lm_score.py --eval_data "$mined" --corpus "$corpus" --model_name_or_path "$lm" --template "$template" \
         --save_name lm --max_keys "$n_keys" --max_pos "$max_pos" --output_dir "$dir"
     echo "== round $r: train from $encoder"
     if ! done_already "$dir/model/.complete" training; then
-      run_dense --model_name_or_path "$encoder" --train_data "$scored" --corpus "$corpus" \
+      timed "$r" train run_dense --model_name_or_path "$encoder" --train_data "$scored" --corpus "$corpus" \
         --output_dir "$dir/model" --overwrite_output_dir --train_group_size "$n_keys" \
         --per_device_train_batch_size "${BATCH:-8}" --num_train_epochs "${EPOCHS:-2}" --learning_rate "${LR:-2e-5}" \
         --cos_temperature 0.05 --stable_distill --logging_steps 1 --save_strategy no \
@@ -78,11 +93,11 @@ PYEOF
     encoder="$dir/model"
     echo "== round $r: evaluate"
     done_already "$dir/$test_stem.eval.eval.json" evaluation ||
-      "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$encoder" \
+      timed "$r" evaluate "${evaluate[@]}" --eval_data "$test" --retrieval_method dense --query_encoder "$encoder" \
         --output_dir "$dir" --save_name eval ${EXTRA_EVAL_ARGS:-}
-    summary_row "$r" "$miner" "$dir/$test_stem.eval.eval.json" $(( (SECONDS - t0) / 60 ))
+    summary_row "$r" "$miner" "$dir/$test_stem.eval.eval.json" "$(round_minutes "$r")"
   done
-  echo "total wall time: $(( (SECONDS - started) / 60 )) min" >> "$table"
-  (( reused == 0 )) || echo "($reused steps reused from an earlier run: their minutes are not in this table)" >> "$table"
+  echo "wall time of this run: $(( (SECONDS - started) / 60 )) min; all runs: $(round_minutes) min" >> "$table"
+  (( reused == 0 )) || echo "($reused steps reused from an earlier run; a reused step without a line in timings.tsv, e.g. copied from elsewhere, counts 0 minutes)" >> "$table"
   cat "$table"
 }
