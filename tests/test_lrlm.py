@@ -364,6 +364,11 @@ def test_report_without_a_valid_split_chooses_nothing_and_compares_each_recipe(t
     assert "no recipe is chosen" in md and "- `stable` vs `contrastive`: +0.1000" in md
     # differences [0.2, 0.0]: sd 0.1414, so (1.96 * 0.1414 / 0.1)^2 = 7.68 -> 8 targets
     assert stable_vs_contrastive["targets_needed"] == 8 and "(1 wins / 0 losses; ~8 targets would make this mean significant)" in md
+    # every trained row against every other row: stable (seed means [2.6, 2.6]) vs MiniLM [2.9, 2.6] by hand
+    vs_minilm = result["pairwise"]["trained:stable"]["dense:minilm"]
+    assert vs_minilm["mean_gain_nats"] == pytest.approx(0.15) and (vs_minilm["wins"], vs_minilm["losses"]) == (1, 0)
+    assert set(result["pairwise"]["trained:contrastive"]) == {"bm25", "dense:minilm", "trained:stable"}
+    assert "| trained:stable | " in md and "+0.1500 [" in md
     assert main([str(tmp_path), "--test_dir", str(test), "--valid_dir", "none", "--png", str(tmp_path / "s.png")]) == 0
     assert json.loads((tmp_path / "study.json").read_text())["each_recipe_vs_contrastive"]["stable"]["wins"] == 1
 

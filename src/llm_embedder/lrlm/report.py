@@ -93,6 +93,10 @@ def study(out: Path, k: int = 1, test_dir: Path | None = None, valid_dir: Path |
     result = {"k": k, "chosen_recipe_on_valid": chosen, "tied_on_valid": tied, "rows": table, "best_baseline": best,
               "each_recipe_vs_best_baseline": {r: metrics.paired(v, baselines[best]) for r, v in distilled_test.items()},
               "valid_mean_nll": valid_mean}
+    references = {**{b: v for b, v in test.items() if b in BASELINES + ("privileged", "fitted", "oracle") and b != "none"},
+                  **{f"trained:{r}": _seed_mean(s) for r, s in sorted(test_recipes.items())}}
+    result["pairwise"] = {f"trained:{r}": {o: metrics.paired(_seed_mean(s), v) for o, v in references.items()
+                                           if o != f"trained:{r}"} for r, s in sorted(test_recipes.items())}
     if contrastive:  # the question the study asks: soft labels against hard labels from the same data
         result["each_recipe_vs_contrastive"] = result["each_recipe_vs_best_baseline"] if best == f"trained:{HARD_LABEL}" \
             else {r: metrics.paired(v, baselines[f"trained:{HARD_LABEL}"]) for r, v in distilled_test.items()}
@@ -151,10 +155,24 @@ def markdown(result: dict) -> str:
             c = result[key]
             lines.append(f"- {name}: {c['mean_gain_nats']:+.4f} nats/token, [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
                          f"{_needed(c, ' (', ')')}")
+    lines += ["", *pairwise_table(result["pairwise"])]
     if result.get("share_of_gap_to_definition_recovered") is not None:
         lines.append(f"Share of the gap between `{result['best_baseline']}` and the definition's chunk recovered: "
                      f"{result['share_of_gap_to_definition_recovered']:.2f}.")
     return "\n".join(lines) + "\n"
+
+
+def pairwise_table(pairwise: dict[str, dict[str, dict]]) -> list[str]:
+    """Each trained recipe (per target, the mean over its seeds) against every other row: NLL(other) −
+    NLL(recipe) [paired 95% CI], wins/losses; ``*`` where the interval excludes 0."""
+    others = list(dict.fromkeys(o for row in pairwise.values() for o in row))
+    lines = ["| trained row | " + " | ".join(f"vs {o}" for o in others) + " |", "|---|" + "---|" * len(others)]
+    for recipe, row in pairwise.items():
+        cells = [(f"{c['mean_gain_nats']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]{' *' if c['significant'] else ''}, "
+                  f"{c['wins']}/{c['losses']}") if (c := row.get(o)) else "–" for o in others]
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    return lines + ["", "(NLL(other) − NLL(row) in nats per token, positive = the row is better; per target, the mean "
+                        "over the row's seeds; wins/losses = targets; *: the interval excludes 0.)"]
 
 
 def plot(result: dict, path: Path) -> None:
