@@ -179,6 +179,12 @@ def _trained(train: Callable[[Context, Path, int], list[str]]) -> Runner:
     return runner
 
 
+def iter_epochs_per_round(ctx: Context) -> float:
+    """The recipe's epochs shared among the rounds, so the 3-iteration row trains as many epochs in all as every
+    other row (the table's same-budget rule): what it adds is re-mining and re-scoring, not more training."""
+    return ctx.recipe.epochs / ctx.iter_rounds
+
+
 def _three_iterations(ctx, unit, folder, run) -> Path:
     """``three_iterations`` of scripts/lib/3iter.sh with the table's recipe; the last round's test evaluation."""
     if ctx.corpus_subsample:
@@ -193,7 +199,7 @@ def _three_iterations(ctx, unit, folder, run) -> Path:
     out = folder / "3iter"
     copy_seed_independent_steps(ctx, folder, out)
     env = {"OUT": str(out), "N_QUERIES": str(ctx.iter_queries or ctx.n_train), "N_KEYS": str(r.group_size),
-           "ROUNDS": str(ctx.iter_rounds), "EPOCHS": str(r.epochs), "BATCH": str(r.batch), "LR": str(r.lr),
+           "ROUNDS": str(ctx.iter_rounds), "EPOCHS": str(iter_epochs_per_round(ctx)), "BATCH": str(r.batch), "LR": str(r.lr),
            "TEMPLATE": ctx.spec.lm_template, "TORCH_THREADS": str(ctx.threads),
            "EXTRA_TRAIN_ARGS": extra_train, "EXTRA_EVAL_ARGS": extra_eval}
     script = (f'source "{REPO}/scripts/lib/3iter.sh"; three_iterations {ctx.dataset} '

@@ -5,6 +5,7 @@ real script on a tiny subset (4 training queries, 2 dev queries against 10 other
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -129,6 +130,10 @@ def test_three_iteration_row_trains_with_the_recipe(tmp_path, monkeypatch, fast)
     extra = env["EXTRA_TRAIN_ARGS"].split()
     assert extra[extra.index("--fast_attention_dropout") + 1] == str(fast).lower()
     assert extra[extra.index("--seed") + 1] == "3" and env["LR"] == "0.0001" and env["N_KEYS"] == "2"
+    assert env["EPOCHS"] == str(1 / 3) and env["ROUNDS"] == "3"  # the recipe's one epoch, shared among 3 rounds
+    epochs3 = dataclasses.replace(ctx, recipe=recipe.with_overrides(["epochs=3"]))
+    qr._three_iterations(epochs3, qp.Unit("ours-3iter", 3), tmp_path, lambda cmd, env=None: calls.append(env))
+    assert calls[-1]["EPOCHS"] == "1.0"  # what the session-23 unit ran per round
 
 
 def _finished_rounds(seed_dir: Path, rows: int = 4, max_neg: int = 1) -> None:
