@@ -187,6 +187,24 @@ def test_a_seed_mined_at_other_sizes_is_not_copied(tmp_path, rows, max_neg):
     assert {p.parent.name for p in copied} == {"round-0"}
 
 
+def test_iter_vs_epochs_pairs_round_r_with_distillation_at_r_epochs(tmp_path):
+    """Round R of the 3-iteration unit (R epochs in all) is compared per query with ours-distill at epochs=R,
+    found in quality.py's folder for that recipe; differences by hand."""
+    import iter_vs_epochs as ive
+
+    def unit(folder: Path, name: str, values: list[float]) -> None:
+        folder.mkdir(parents=True)
+        (folder / name).write_text("".join(json.dumps({"query_id": i, "ndcg@10": v}) + "\n" for i, v in enumerate(values)))
+
+    sets = ["lr=1e-4"]
+    for r, (it, di) in enumerate([([0.5, 0.7], [0.5, 0.5]), ([0.9, 0.7], [0.6, 0.8])], start=1):
+        unit(tmp_path / ive.recipe_folder(sets) / "ours-3iter" / "seed0" / "3iter" / f"round-{r}", "test.metrics.eval.jsonl", it)
+        unit(tmp_path / ive.recipe_folder(sets, r) / "ours-distill" / "seed0", "test.metrics.model.jsonl", di)
+    assert ive.recipe_folder(sets, 2) == "epochs=2.0,lr=0.0001" and ive.recipe_folder(sets, 1) == "lr=0.0001"
+    rows = ive.compare(tmp_path, sets, 0, 2, "ndcg@10")
+    assert [r["mean"] for r in rows] == pytest.approx([0.1, 0.1]) and [(r["wins"], r["losses"]) for r in rows] == [(1, 0), (1, 1)]
+
+
 def test_score_command_runs_under_torchrun_with_several_processes(tmp_path):
     inputs = qi.shared_inputs(tmp_path, "scifact", 3, 4, 192)
     one, two = qi.score_cmd(qr.DATASETS["scifact"], inputs), qi.score_cmd(qr.DATASETS["scifact"], inputs, 2)
