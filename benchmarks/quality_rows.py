@@ -214,19 +214,24 @@ def _stem(data: str) -> str:
 
 
 def copy_seed_independent_steps(ctx: Context, folder: Path, out: Path) -> list[Path]:
-    """Copy, from another seed's finished steps, the 3-iteration outputs no seed enters: round 0's evaluation
-    of the base model and round 1's BM25 mining and LM scoring (BM25 and float32 scoring are deterministic).
-    3iter.sh then reuses them as it reuses its own earlier steps, which saves ~20 minutes per seed on 2 cores.
-    Only complete steps are copied (the step's final file exists; tools rename it into place last); the
-    copies' meta files keep the path they were made at. Returns the copied files (named in the unit's log)."""
+    """Copy, from another unit's finished steps, the 3-iteration outputs that neither the seed nor the training
+    budget enters: round 0's evaluation of the base model and round 1's BM25 mining and LM scoring (BM25 and
+    float32 scoring are deterministic). Sources are the other seeds of this recipe first, then units of other
+    recipes of the same split whose steps did the same work (``_same_work``). 3iter.sh then reuses them as it
+    reuses its own earlier steps, which saves ~20 minutes per unit on 2 cores. Only complete steps are copied
+    (the step's final file exists; tools rename it into place last); the copies' meta files keep the path they
+    were made at. Returns the copied files (named in the unit's log)."""
     steps = [("round-0", _stem(ctx.spec.test), f"{_stem(ctx.spec.test)}.eval.eval.json"),
              ("round-1", _stem(ctx.train), f"{_stem(ctx.train)}.neg.bm25.scored.lm.json")]
+    row, recipe_dir = folder.parent.name, folder.parent.parent
     copied = []
     for round_dir, stem, final in steps:
         if (out / round_dir / final).exists():
             continue
-        sources = sorted(p.parent for p in folder.parent.glob(f"seed*/3iter/{round_dir}/{final}")
-                         if p.parent != out / round_dir and _same_sizes(ctx, p.parent, stem, round_dir))
+        found = (sorted(folder.parent.glob(f"seed*/3iter/{round_dir}/{final}"))
+                 + sorted(recipe_dir.parent.glob(f"*/{row}/seed*/3iter/{round_dir}/{final}")))
+        sources = [p.parent for p in dict.fromkeys(found)
+                   if p.parent != out / round_dir and _same_work(ctx, p.parent, stem, round_dir)]
         if not sources:
             continue
         (out / round_dir).mkdir(parents=True, exist_ok=True)
@@ -237,18 +242,24 @@ def copy_seed_independent_steps(ctx: Context, folder: Path, out: Path) -> list[P
                 names.append(source.name)
                 copied.append(out / round_dir / source.name)
         with open(folder / "log.txt", "a", encoding="utf-8") as log:
-            log.write(f"{round_dir}: copied {', '.join(names)} from {sources[0]} (no seed enters these steps)\n")
+            log.write(f"{round_dir}: copied {', '.join(names)} from {sources[0]} (neither seed nor budget enters these steps)\n")
     return copied
 
 
-def _same_sizes(ctx: Context, source: Path, stem: str, round_dir: str) -> bool:
-    """Round 1 was mined for as many queries and negatives as this unit asks (``--iter_queries`` is not part
-    of the units' folder, so another seed may have run with another size)."""
-    if round_dir != "round-1":
-        return True
-    meta = json.loads((source / f"{stem}.neg.bm25.meta.json").read_text())
-    return (meta["counts"]["rows"] == min(ctx.iter_queries or ctx.n_train, ctx.n_train)
-            and meta["retrieval"]["max_neg_num"] == ctx.recipe.group_size - 1)
+def _same_work(ctx: Context, source: Path, stem: str, round_dir: str) -> bool:
+    """The source step did what this unit's would: round 0 evaluated the same base model at the same lengths;
+    round 1 mined as many queries and negatives (``--iter_queries`` is not part of the units' folder) and scored
+    them with the same template and keys per query."""
+    r = ctx.recipe
+    if round_dir == "round-0":
+        args = json.loads((source / f"{stem}.eval.eval.json").read_text()).get("args", {})
+        return (args.get("query_encoder") == "minilm" and args.get("query_max_length") == r.query_max_length
+                and args.get("key_max_length") == r.key_max_length)
+    mined = json.loads((source / f"{stem}.neg.bm25.meta.json").read_text())
+    scored = json.loads((source / f"{stem}.neg.bm25.scored.lm.meta.json").read_text())
+    return (mined["counts"]["rows"] == min(ctx.iter_queries or ctx.n_train, ctx.n_train)
+            and mined["retrieval"]["max_neg_num"] == r.group_size - 1
+            and scored.get("template_argument") == ctx.spec.lm_template and scored.get("max_keys") == r.group_size)
 
 
 def recorded_step_seconds(out: Path) -> float | None:

@@ -136,36 +136,69 @@ def test_three_iteration_row_trains_with_the_recipe(tmp_path, monkeypatch, fast)
     assert calls[-1]["EPOCHS"] == "1.0"  # what the session-23 unit ran per round
 
 
-def _finished_rounds(seed_dir: Path, rows: int = 4, max_neg: int = 1) -> None:
-    """Fake what 3iter.sh leaves after round 1 of one seed: round 0's evaluation, round 1's mining, scoring
+def _finished_rounds(seed_dir: Path, rows: int = 4, max_neg: int = 1, key_max_length: int = 256,
+                     template: str = "query_likelihood") -> None:
+    """Fake what 3iter.sh leaves after round 1 of one unit: round 0's evaluation, round 1's mining, scoring
     (plus a stale partial), model and evaluation."""
     r0, r1 = seed_dir / "3iter" / "round-0", seed_dir / "3iter" / "round-1"
     for d in (r0, r1 / "model", r1 / "train.neg.bm25.scored.lm.json.partial"):
         d.mkdir(parents=True)
-    for name in ("test.eval.eval.json", "test.run.eval.trec"):
-        (r0 / name).write_text(f"base {name}")
+    (r0 / "test.eval.eval.json").write_text(json.dumps(
+        {"args": {"query_encoder": "minilm", "query_max_length": 64, "key_max_length": key_max_length}}))
+    (r0 / "test.run.eval.trec").write_text("run")
     for name in ("train.neg.bm25.json", "train.run.bm25.trec", "train.neg.bm25.scored.lm.json",
                  "test.eval.eval.json"):
         (r1 / name).write_text(f"{seed_dir.name} {name}")
     (r1 / "train.neg.bm25.meta.json").write_text(json.dumps({"counts": {"rows": rows}, "retrieval": {"max_neg_num": max_neg}}))
+    (r1 / "train.neg.bm25.scored.lm.meta.json").write_text(json.dumps({"template_argument": template, "max_keys": max_neg + 1}))
+
+
+def _iter_ctx(**recipe):
+    return qr.Context("scifact", qr.DATASETS["scifact"], dataclasses.replace(qr.Recipe(), **recipe),
+                      "llm-embedder:scifact/train.json", None, None, "llm-embedder:scifact/test.json", n_train=4)
 
 
 def test_later_seeds_copy_the_steps_no_seed_enters(tmp_path):
     """Round 0 (base model) and round 1's BM25 mining + LM scoring are the same for every seed: a later seed
     copies them from a finished seed; the seed's own model and its evaluation are never copied."""
-    ctx = qr.Context("scifact", qr.DATASETS["scifact"], qr.Recipe(), "llm-embedder:scifact/train.json", None, None,
-                     "llm-embedder:scifact/test.json", n_train=4)
-    _finished_rounds(tmp_path / "seed0")
-    seed1 = tmp_path / "seed1"
+    ctx = _iter_ctx()
+    _finished_rounds(tmp_path / "r" / "ours-3iter" / "seed0")
+    seed1 = tmp_path / "r" / "ours-3iter" / "seed1"
     copied = qr.copy_seed_independent_steps(ctx, seed1, seed1 / "3iter")
     names = sorted(str(p.relative_to(seed1 / "3iter")) for p in copied)
     assert names == ["round-0/test.eval.eval.json", "round-0/test.run.eval.trec",
                      "round-1/train.neg.bm25.json", "round-1/train.neg.bm25.meta.json",
-                     "round-1/train.neg.bm25.scored.lm.json", "round-1/train.run.bm25.trec"]
+                     "round-1/train.neg.bm25.scored.lm.json", "round-1/train.neg.bm25.scored.lm.meta.json",
+                     "round-1/train.run.bm25.trec"]
     assert (seed1 / "3iter" / "round-1" / "train.neg.bm25.scored.lm.json").read_text() == "seed0 train.neg.bm25.scored.lm.json"
     assert "round-1: copied" in (seed1 / "log.txt").read_text()
     assert qr.copy_seed_independent_steps(ctx, seed1, seed1 / "3iter") == []  # already there: nothing again
-    assert qr.copy_seed_independent_steps(ctx, tmp_path / "seed0", tmp_path / "seed0" / "3iter") == []
+    seed0 = tmp_path / "r" / "ours-3iter" / "seed0"
+    assert qr.copy_seed_independent_steps(ctx, seed0, seed0 / "3iter") == []
+
+
+def test_another_recipes_unit_is_a_source_when_it_did_the_same_work(tmp_path):
+    """Epochs and lr do not enter round 0 or round 1's mining and scoring: a unit of another recipe folder of
+    the same split is copied from; one evaluated at another key length (round 0) is not."""
+    _finished_rounds(tmp_path / "lr=0.0001" / "ours-3iter" / "seed0")
+    mine = tmp_path / "epochs=2.0,lr=0.0001" / "ours-3iter" / "seed0"
+    copied = qr.copy_seed_independent_steps(_iter_ctx(epochs=2.0), mine, mine / "3iter")
+    assert {p.parent.name for p in copied} == {"round-0", "round-1"}
+    other = tmp_path / "key_max_length=128" / "ours-3iter" / "seed0"
+    copied = qr.copy_seed_independent_steps(_iter_ctx(key_max_length=128), other, other / "3iter")
+    assert {p.parent.name for p in copied} == {"round-1"}  # round 0 encoded keys at 256: evaluated anew
+
+
+@pytest.mark.parametrize("rows,max_neg,template", [(3, 1, "query_likelihood"), (4, 2, "query_likelihood"),
+                                                   (4, 1, "qa")])
+def test_a_unit_mined_or_scored_otherwise_is_not_copied(tmp_path, rows, max_neg, template):
+    """--iter_queries is not part of the units' folder: round 1 mined for another number of queries (or
+    negatives), or scored with another template, stays where it is; round 0 does not depend on it and is
+    still copied."""
+    _finished_rounds(tmp_path / "r" / "ours-3iter" / "seed0", rows=rows, max_neg=max_neg, template=template)
+    seed2 = tmp_path / "r" / "ours-3iter" / "seed2"
+    copied = qr.copy_seed_independent_steps(_iter_ctx(), seed2, seed2 / "3iter")
+    assert {p.parent.name for p in copied} == {"round-0"}
 
 
 def test_a_resumed_three_iteration_unit_reports_every_runs_steps(tmp_path):
@@ -174,17 +207,6 @@ def test_a_resumed_three_iteration_unit_reports_every_runs_steps(tmp_path):
     assert qr.recorded_step_seconds(tmp_path) is None
     (tmp_path / "timings.tsv").write_text("0\tevaluate\t60\n1\tmine\t30\n1\tscore\t600\n1\tscore\t900\n")
     assert qr.recorded_step_seconds(tmp_path) == 60 + 30 + 900
-
-
-@pytest.mark.parametrize("rows,max_neg", [(3, 1), (4, 2)])
-def test_a_seed_mined_at_other_sizes_is_not_copied(tmp_path, rows, max_neg):
-    """--iter_queries is not part of the units' folder: round 1 mined for another number of queries (or
-    negatives) stays where it is; round 0 does not depend on it and is still copied."""
-    ctx = qr.Context("scifact", qr.DATASETS["scifact"], qr.Recipe(), "llm-embedder:scifact/train.json", None, None,
-                     "llm-embedder:scifact/test.json", n_train=4)
-    _finished_rounds(tmp_path / "seed0", rows=rows, max_neg=max_neg)
-    copied = qr.copy_seed_independent_steps(ctx, tmp_path / "seed2", tmp_path / "seed2" / "3iter")
-    assert {p.parent.name for p in copied} == {"round-0"}
 
 
 def test_iter_vs_epochs_pairs_round_r_with_distillation_at_r_epochs(tmp_path):
