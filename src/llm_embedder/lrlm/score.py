@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
-from ..lm.loading import lm_identity
+from ..lm.loading import lm_files
 
 KeySet = tuple[int, ...]
 
@@ -70,7 +70,7 @@ def fingerprint(model_desc: dict, token_budget: int) -> str:
     """The identity of the scoring set-up (the model's files, not where they are; dtype; batching); a partial
     file of another is refused."""
     path = model_desc.get("path")
-    model = lm_identity(model_desc)["files"] if path and Path(path).is_dir() else path  # else an alias's name
+    model = lm_files(path) if path and Path(path).is_dir() else path  # else an alias's name
     return hashlib.sha256(json.dumps([model, model_desc.get("dtype"), token_budget], sort_keys=True).encode()).hexdigest()
 
 
