@@ -90,16 +90,15 @@ def study(out: Path, k: int = 1, test_dir: Path | None = None, valid_dir: Path |
         baselines[f"trained:{HARD_LABEL}"] = _seed_mean(contrastive)
     best = min(baselines, key=lambda b: np.mean(baselines[b]))
     distilled_test = {r: _seed_mean(s) for r, s in sorted(test_recipes.items()) if r != HARD_LABEL}
-    result = {"k": k, "chosen_recipe_on_valid": chosen, "tied_on_valid": tied, "rows": table, "best_baseline": best,
-              "each_recipe_vs_best_baseline": {r: metrics.paired(v, baselines[best]) for r, v in distilled_test.items()},
-              "valid_mean_nll": valid_mean}
     references = {**{b: v for b, v in test.items() if b in BASELINES + ("privileged", "fitted", "oracle") and b != "none"},
                   **{f"trained:{r}": _seed_mean(s) for r, s in sorted(test_recipes.items())}}
-    result["pairwise"] = {f"trained:{r}": {o: metrics.paired(_seed_mean(s), v) for o, v in references.items()
-                                           if o != f"trained:{r}"} for r, s in sorted(test_recipes.items())}
+    pairwise = {f"trained:{r}": {o: metrics.paired(_seed_mean(s), v) for o, v in references.items()
+                                 if o != f"trained:{r}"} for r, s in sorted(test_recipes.items())}
+    result = {"k": k, "chosen_recipe_on_valid": chosen, "tied_on_valid": tied, "rows": table, "best_baseline": best,
+              "each_recipe_vs_best_baseline": {r: pairwise[f"trained:{r}"][best] for r in distilled_test},
+              "valid_mean_nll": valid_mean, "pairwise": pairwise}
     if contrastive:  # the question the study asks: soft labels against hard labels from the same data
-        result["each_recipe_vs_contrastive"] = result["each_recipe_vs_best_baseline"] if best == f"trained:{HARD_LABEL}" \
-            else {r: metrics.paired(v, baselines[f"trained:{HARD_LABEL}"]) for r, v in distilled_test.items()}
+        result["each_recipe_vs_contrastive"] = {r: pairwise[f"trained:{r}"][f"trained:{HARD_LABEL}"] for r in distilled_test}
     if chosen is None:
         return result
     chosen_nll = distilled_test[chosen]
