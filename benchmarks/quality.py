@@ -4,7 +4,9 @@ Every trained row starts from the same MiniLM with the same budget (``quality_ro
 by the same ``python -m evaluation.eval_retrieval`` command; rows and their commands are in ``quality_rows.py``.
 A unit of work is one (row, seed); it writes ``result.json`` atomically under
 ``{out}/{dataset}/{split}/{recipe}/{row}/seed{k}/`` and is skipped when that file is there, so an interrupted
-table continues where it stopped. Shared inputs (BM25 negatives, SmolLM2 scores) are made once; the scoring
+table continues where it stopped. Each finished unit's result and per-query lines are also copied to
+``benchmarks/results/quality_units/`` (committed) and restored from there, so a fresh clone continues too
+(``quality_records.py``). Shared inputs (BM25 negatives, SmolLM2 scores) are made once; the scoring
 runs in the background while the rows that do not need it train. The aggregate (per-seed values, mean, std,
 wall time and commands of every unit) goes to ``benchmarks/results/quality_{dataset}.json`` and ``.md``.
 
@@ -32,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import quality_inputs as qi  # noqa: E402
 from quality_compare import comparisons, markdown_comparisons  # noqa: E402
 from quality_plan import Unit, aggregate, markdown_table, pending, plan, read_result  # noqa: E402
+from quality_records import publish, records_root, restore  # noqa: E402
 from quality_rows import DATASETS, ROWS, Context, Recipe, recorded_step_seconds, subprocess_runner  # noqa: E402
 
 from llm_embedder.io import atomic_write, write_json  # noqa: E402
@@ -133,6 +136,11 @@ def units_root(args) -> Path:
     return Path(args.out) / args.dataset / args.split / args.recipe.tag()
 
 
+def unit_records(args) -> Path:
+    """The committed copies of this table's finished units (``quality_records.py``)."""
+    return records_root(Path(args.results), args.dataset, args.split, args.recipe.tag())
+
+
 def all_units(args) -> list[Unit]:
     rows = [r for r in args.rows if r != ITER_ROW]
     units = plan(rows, args.seeds, {r: ROWS[r].trained for r in ROWS}, args.seed_order)
@@ -182,6 +190,9 @@ def run_unit(unit: Unit, ctx: Context, root: Path, log: Log, argv: list[str]) ->
 
 
 def write_aggregate(args, root: Path, log: Log, argv: list[str]) -> dict:
+    published = publish(root, unit_records(args))
+    if published:
+        log(f"published to {unit_records(args)}: {', '.join(published)}")
     table_rows = [r for r in ROWS if r in args.rows]  # the table's order, whatever order the units ran in
     labels = {r: ROWS[r].label for r in ROWS}
     agg = aggregate(root, table_rows, labels)
@@ -211,6 +222,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    restored = restore(unit_records(args), root)
+    if restored:
+        log(f"restored from {unit_records(args)}: {', '.join(restored)}")
     units = all_units(args)
     if args.dry_run:
         todo = set(pending(units, root))
@@ -281,6 +295,8 @@ def run_table(args, spec, inputs, root: Path, units: list[Unit], log: Log, argv:
             run_unit(unit, ctx, root, log, argv)
         except (RuntimeError, ValueError) as err:
             log(f"FAILED {unit.name}: {err}")
+        else:
+            publish(root, unit_records(args))  # committed with the table: a fresh clone resumes from here
 
 
 if __name__ == "__main__":

@@ -428,4 +428,4 @@ def test_a_recipe_with_a_decimal_point_keeps_its_whole_name_in_the_results_files
     assert quality.main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == [
         "quality_scifact_test_lr-0.0001_fast_attention_dropout-True.json",
-        "quality_scifact_test_lr-0.0001_fast_attention_dropout-True.md"]
+        "quality_scifact_test_lr-0.0001_fast_attention_dropout-True.md", "quality_units"]
