@@ -50,6 +50,18 @@ def eval_command_of(result: dict) -> str | None:
     return cmds[-1] if cmds else None
 
 
+def missing_encoder(eval_command: str) -> str | None:
+    """The ``--query_encoder`` of the command when it names a model folder that is gone from a unit folder that
+    is there (a unit restored from a record), else None (an alias such as ``minilm``, a hub id, a model that is
+    there)."""
+    argv = eval_command.split()
+    if "--query_encoder" not in argv:
+        return None
+    encoder = argv[argv.index("--query_encoder") + 1]
+    path = Path(encoder) if Path(encoder).is_absolute() else REPO / encoder
+    return encoder if not path.exists() and path.parent.is_dir() and path.parent != REPO else None
+
+
 def run_unit(unit: Path, result: dict, fusion: str, cache_dir: str | None) -> dict | None:
     """The unit's hybrid metrics (evaluated now, or read back); None when the unit has no dense evaluation."""
     out = unit / f"hybrid-{fusion}"
@@ -58,6 +70,10 @@ def run_unit(unit: Path, result: dict, fusion: str, cache_dir: str | None) -> di
         return json.loads(done.read_text())
     command = eval_command_of(result)
     if command is None:
+        return None
+    encoder = missing_encoder(command)
+    if encoder is not None:
+        print(f"{unit}: skipped, its encoder {encoder} is not here (a unit restored from a record keeps no model)")
         return None
     argv = hybrid_command(command, out, fusion, cache_dir)
     started = time.time()

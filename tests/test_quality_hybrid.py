@@ -56,3 +56,24 @@ def test_a_missing_table_folder_is_one_line(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--table:" in err and "is not a folder" in err and not (tmp_path / "o.json").exists()
+
+
+def test_a_restored_unit_without_its_model_is_skipped_not_a_crash(tmp_path, monkeypatch, capsys):
+    """A unit restored from a committed record has its result but not its model: it is left out of the hybrid
+    table with a note; a unit whose model is there is evaluated; an alias is never taken for a missing folder."""
+    def evaluate(argv, **kwargs):
+        raise RuntimeError("would evaluate")
+
+    monkeypatch.setattr(qh.subprocess, "run", evaluate)
+    restored = tmp_path / "table" / "ours" / "seed0"
+    restored.mkdir(parents=True)
+    command = f"python -m evaluation.eval_retrieval --retrieval_method dense --query_encoder {restored / 'model'} --output_dir x"
+    assert qh.missing_encoder(command) == str(restored / "model")
+    assert qh.run_unit(restored, {"seed": 0, "metrics": {}, "commands": [command]}, "rrf", None) is None
+    assert "is not here" in capsys.readouterr().out
+    assert qh.missing_encoder(command.replace(str(restored / "model"), "minilm")) is None
+    assert qh.missing_encoder(command.replace(str(restored / "model"), "org/hub-model")) is None
+    (restored / "model").mkdir()
+    assert qh.missing_encoder(command) is None
+    with pytest.raises(RuntimeError, match="would evaluate"):  # the model is there: evaluated
+        qh.run_unit(restored, {"seed": 0, "metrics": {}, "commands": [command]}, "rrf", None)
