@@ -132,13 +132,28 @@ class Log:
             f.write(line + "\n")
 
 
+# settings outside the recipe that change what a unit trains on or is evaluated on (dev_*: the dev split only)
+TABLE_SETTINGS = ("neg_depth", "score_keys", "score_key_max_length", "max_train_queries", "dev_queries",
+                  "dev_corpus_subsample")
+
+
+def table_tag(args) -> str:
+    """The recipe's tag plus every table setting that differs from its default (``neg_depth=10``), so a table
+    made from other inputs never shares a units folder, records or aggregate with the default one."""
+    defaults = build_parser().parse_args([])
+    extra = [f"{name}={getattr(args, name)}" for name in TABLE_SETTINGS
+             if getattr(args, name) != getattr(defaults, name) and (args.split == "dev" or not name.startswith("dev_"))]
+    tag = args.recipe.tag()
+    return ",".join(([] if tag == "default" else [tag]) + extra) if extra else tag
+
+
 def units_root(args) -> Path:
-    return Path(args.out) / args.dataset / args.split / args.recipe.tag()
+    return Path(args.out) / args.dataset / args.split / table_tag(args)
 
 
 def unit_records(args) -> Path:
     """The committed copies of this table's finished units (``quality_records.py``)."""
-    return records_root(Path(args.results), args.dataset, args.split, args.recipe.tag())
+    return records_root(Path(args.results), args.dataset, args.split, table_tag(args))
 
 
 def all_units(args) -> list[Unit]:
@@ -150,7 +165,7 @@ def all_units(args) -> list[Unit]:
 
 
 def results_stem(args) -> str:
-    extra = "" if args.split == "test" and args.recipe.tag() == "default" else f"_{args.split}_{args.recipe.tag()}"
+    extra = "" if args.split == "test" and table_tag(args) == "default" else f"_{args.split}_{table_tag(args)}"
     return f"quality_{args.dataset}{extra.replace(',', '_').replace('=', '-')}"
 
 
@@ -228,7 +243,7 @@ def main(argv=None) -> int:
     units = all_units(args)
     if args.dry_run:
         todo = set(pending(units, root))
-        print(f"{args.dataset}, split {args.split}, recipe {args.recipe.tag()}: {root}")
+        print(f"{args.dataset}, split {args.split}, recipe {table_tag(args)}: {root}")
         print(f"shared inputs in {inputs.folder}: mined {'yes' if inputs.mined.is_file() else 'no'}, "
               f"scored {'yes' if inputs.scored.is_file() else 'no'}"
               f"{' (scoring running, pid %d)' % qi.scoring_pid(inputs) if qi.scoring_pid(inputs) else ''}")
@@ -262,7 +277,7 @@ def run_table(args, spec, inputs, root: Path, units: list[Unit], log: Log, argv:
     inputs.folder.mkdir(parents=True, exist_ok=True)
     qi.record_settings(inputs)
     todo = pending(units, root)
-    log(f"{args.dataset} {args.split} {args.recipe.tag()}: {len(todo)} of {len(units)} units to run: "
+    log(f"{args.dataset} {args.split} {table_tag(args)}: {len(todo)} of {len(units)} units to run: "
         + ", ".join(u.name for u in todo))
     needs = {n for u in todo for n in ROWS[u.row].needs}
     run_shared = subprocess_runner(inputs.folder / "log.txt", args.threads, [])

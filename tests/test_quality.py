@@ -338,15 +338,29 @@ def test_tiny_real_table_and_steps_plot(tmp_path):
               "--seeds", "0", "--set", "batch=2", "key_max_length=32", "--threads", "1", "--rows", "base", "ours-random"]
     run = [sys.executable, str(REPO / "benchmarks" / "quality.py"), *common]
     subprocess.run(run, check=True, cwd=REPO, timeout=1800)
-    res = json.loads((tmp_path / "res" / "quality_scifact_dev_batch-2_key_max_length-32.json").read_text())
+    res = json.loads((tmp_path / "res" / "quality_scifact_dev_batch-2_key_max_length-32_max_train_queries-4_dev_queries-2_dev_corpus_subsample-10.json").read_text())
     ours = res["rows"][1]
     assert ours["n_seeds"] == 1 and 0 <= ours["summary"]["ndcg@10"]["mean"] <= 1
     assert "run_dense.py" in ours["units"][0]["commands"][0] and "--seed 0" in ours["units"][0]["commands"][0]
     subprocess.run([*run, "--steps_plot", "ours-random"], check=True, cwd=REPO, timeout=1800)
     # the plot's files carry the recipe's name, as the table's do (a default-recipe plot is quality_scifact_steps)
-    steps = json.loads((tmp_path / "res" / "quality_scifact_dev_batch-2_key_max_length-32_steps.json").read_text())
+    steps = json.loads((tmp_path / "res" / "quality_scifact_dev_batch-2_key_max_length-32_max_train_queries-4_dev_queries-2_dev_corpus_subsample-10_steps.json").read_text())
     assert [p["step"] for p in steps["curves"]["ours-random"]] == [0, 1, 2]
-    assert (tmp_path / "img" / "quality_scifact_dev_batch-2_key_max_length-32_steps.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "quality_scifact_dev_batch-2_key_max_length-32_max_train_queries-4_dev_queries-2_dev_corpus_subsample-10_steps.png").stat().st_size > 1000
+
+
+def test_table_settings_outside_the_recipe_name_their_own_table():
+    """Negatives mined deeper (or any other non-default input) are another table: its own units folder, records
+    and aggregate, never mixed with the default one; dev-only settings name dev tables only."""
+    base = quality.parse_args(["--set", "lr=1e-4"])
+    assert quality.table_tag(base) == "lr=0.0001" and quality.table_tag(quality.parse_args([])) == "default"
+    deep = quality.parse_args(["--set", "lr=1e-4", "--neg_depth", "10"])
+    assert quality.table_tag(deep) == "lr=0.0001,neg_depth=10"
+    assert quality.units_root(deep) != quality.units_root(base) and quality.unit_records(deep) != quality.unit_records(base)
+    assert quality.results_stem(deep) == "quality_scifact_test_lr-0.0001_neg_depth-10"
+    assert quality.table_tag(quality.parse_args(["--neg_depth", "5"])) == "neg_depth=5"
+    assert quality.table_tag(quality.parse_args(["--dev_queries", "50"])) == "default"  # test split: not used
+    assert quality.table_tag(quality.parse_args(["--split", "dev", "--dev_queries", "50"])) == "dev_queries=50"
 
 
 def test_scoring_pid_ignores_exited_scorers(tmp_path):
