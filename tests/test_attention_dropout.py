@@ -46,14 +46,21 @@ def test_given_mask_values_and_gradients_equal_the_hand_formula(monkeypatch):
     assert not torch.allclose(ours, reference(q, k, v, torch.ones_like(keep), p, mask))
 
 
-@pytest.mark.parametrize("kind", ["none", "float", "bool", "causal", "bool_with_empty_row"])
+@pytest.mark.parametrize("kind", ["none", "float", "float_wider_than_scores", "bool", "causal", "bool_with_empty_row"])
 def test_masks_follow_torch_semantics(monkeypatch, kind):
     """Every entry kept: the output is torch's (dropout-free) output scaled by 1 / (1 − p), for each mask kind."""
     q, k, v = qkv(lq=6, lk=6)
     monkeypatch.setattr(ad, "keep_mask", lambda shape, p, device="cpu": torch.ones(shape, dtype=torch.bool))
     kwargs = {}
-    if kind == "float":
+    if kind == "float":  # added to the scores in place
         kwargs["attn_mask"] = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    elif kind == "float_wider_than_scores":  # a mask that does not broadcast into the scores: refused, as by torch
+        q, k, v = (t[:1] for t in (q, k, v))
+        kwargs["attn_mask"] = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+        for function in (ad.dropout_attention, TORCH_SDPA):
+            with pytest.raises(RuntimeError):
+                function(q, k, v, dropout_p=0.5, **kwargs)
+        return
     elif kind.startswith("bool"):
         allowed = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(5)) > 0.4
         allowed[..., 0] = kind == "bool"  # every row keeps key 0, or (the last case) row 0 has no key at all

@@ -67,8 +67,8 @@ def dropout_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         bool_mask = torch.ones(length_q, length_k, dtype=torch.bool, device=query.device).tril()
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         bool_mask = attn_mask if bool_mask is None else bool_mask & attn_mask
-    elif attn_mask is not None:
-        scores = scores + attn_mask
+    elif attn_mask is not None:  # in place: no second L x L tensor (torch's function, too, refuses a mask
+        scores.add_(attn_mask)     # that does not broadcast into the scores)
     if bool_mask is not None:
         scores = scores.masked_fill(~bool_mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
