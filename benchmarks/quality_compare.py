@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from quality_plan import finished_units
+from quality_plan import RESULT_NAME, finished_units, read_result
 from quality_rows import REPO
 
 from llm_embedder.stats import bootstrap_ci
@@ -91,16 +92,55 @@ def compare(root: Path, row_a: str, row_b: str, metric: str = "ndcg@10", seed: i
                     "t_test_p": _paired_t_p([a[s] for s in pairs], [b[s] for s in pairs])}
     qa, units_a = per_query(root, row_a, metric)
     qb, units_b = per_query(root, row_b, metric)
-    common = sorted(set(qa) & set(qb))
-    if common:
-        d = [qa[q] - qb[q] for q in common]
-        lo, hi = bootstrap_ci(d, seed)
-        out["queries"] = {"queries": len(common), "units_a": units_a, "units_b": units_b,
-                          "mean": statistics.fmean(d), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
-                          "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
-    else:
-        out["queries"] = None
+    out["queries"] = query_view(qa, qb, seed)
+    if out["queries"] is not None:
+        out["queries"].update(units_a=units_a, units_b=units_b)
     return out
+
+
+def query_view(qa: dict[str, float], qb: dict[str, float], seed: int = 0) -> dict | None:
+    """Mean per-query difference A minus B over the queries both have, its paired 95 % bootstrap interval,
+    wins and losses; None when they share no query."""
+    common = sorted(set(qa) & set(qb))
+    if not common:
+        return None
+    d = [qa[q] - qb[q] for q in common]
+    lo, hi = bootstrap_ci(d, seed)
+    return {"queries": len(common), "mean": statistics.fmean(d), "ci95": [lo, hi],
+            "significant": bool(lo > 0 or hi < 0), "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+
+
+def unit_per_query(folder: Path, metric: str) -> dict[str, float]:
+    """One finished unit's per-query metric, from any table (a one-line error when it has none)."""
+    result = read_result(Path(folder) / RESULT_NAME)
+    lines = per_query_lines(Path(folder), result) if result is not None else None
+    if lines is None:
+        raise ValueError(f"{folder}: not a finished unit with per-query lines")
+    with open(lines, encoding="utf-8") as f:
+        return {str(q["query_id"]): float(q[metric]) for q in map(json.loads, filter(str.strip, f))}
+
+
+def main(argv=None) -> int:
+    """Two units of any tables (e.g. a dev knob against the dev baseline), paired over their common queries."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python benchmarks/quality_compare.py", description=main.__doc__)
+    p.add_argument("unit_a", type=Path, help="a finished unit folder: runs/quality/{dataset}/{split}/{table}/{row}/{unit}")
+    p.add_argument("unit_b", type=Path)
+    p.add_argument("--metric", default="ndcg@10")
+    args = p.parse_args(argv)
+    try:
+        qa, qb = unit_per_query(args.unit_a, args.metric), unit_per_query(args.unit_b, args.metric)
+    except (ValueError, KeyError) as err:
+        p.error(f"{err}")
+    view = query_view(qa, qb)
+    if view is None:
+        p.error("the two units share no query")
+    print(json.dumps({"a": str(args.unit_a), "b": str(args.unit_b), "metric": args.metric, **view}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 def _paired_t_p(x: Sequence[float], y: Sequence[float]) -> float | None:

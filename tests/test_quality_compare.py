@@ -92,3 +92,17 @@ def test_a_seed_without_spread_has_no_p_value(tmp_path):
         unit(tmp_path, "st-mnrl", seed, 0.5 + seed / 10)
     s = qc.compare(tmp_path, "ours-bm25", "st-mnrl")["seeds"]
     assert s["differences"] == pytest.approx([0.1, 0.1]) and s["t_test_p"] is None
+
+
+def test_two_units_of_different_tables_paired_over_their_common_queries(tmp_path, capsys):
+    """``python benchmarks/quality_compare.py UNIT_A UNIT_B``: a dev knob against the dev baseline (two tables)."""
+    unit(tmp_path / "knob", "ours-bm25", 0, 0.6, {"q1": 1.0, "q2": 0.5, "q3": 0.0})
+    unit(tmp_path / "base", "ours-bm25", 1, 0.5, {"q1": 0.5, "q2": 0.5, "q3": 0.0, "q9": 1.0})
+    a, b = (tmp_path / t / "ours-bm25" / s for t, s in (("knob", "seed0"), ("base", "seed1")))
+    assert qc.main([str(a), str(b)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["queries"] == 3 and out["mean"] == pytest.approx(0.5 / 3) and (out["wins"], out["losses"]) == (1, 0)
+    unit(tmp_path / "restored", "ours-bm25", 0, 0.6)  # no per-query lines: one line, no traceback
+    with pytest.raises(SystemExit):
+        qc.main([str(a), str(tmp_path / "restored" / "ours-bm25" / "seed0")])
+    assert "not a finished unit with per-query lines" in capsys.readouterr().err.strip().splitlines()[-1]
