@@ -139,10 +139,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _paired_t_p(x: Sequence[float], y: Sequence[float]) -> float | None:
     if len(x) < 2:
         return None
@@ -187,3 +183,7 @@ def markdown_comparisons(found: list[dict]) -> str:
         lines.append(f"| `{c['a']}` minus `{c['b']}` | {per_seed} | {spread} | {over} |")
     return "\n".join(lines) + "\n\n(\\*: the interval excludes 0.) Per-query values are averaged over each row's seeds " \
                               "that kept per-query lines (units A/B); units restored from an aggregate have none.\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
 
 from quality_compare import per_query_lines  # noqa: E402
-from quality_plan import RESULT_NAME, read_result  # noqa: E402
+from quality_plan import RESULT_NAME, finished_units, read_result  # noqa: E402
 from quality_rows import Recipe  # noqa: E402
 
 from llm_embedder.io import copy_atomic, write_json  # noqa: E402
@@ -37,9 +37,10 @@ def records_root(results: Path, dataset: str, split: str, recipe_tag: str) -> Pa
     return Path(results) / RECORDS_DIR / dataset / split / recipe_tag
 
 
-def _unit_folders(root: Path) -> list[Path]:
-    """``{row}/{unit}`` folders under a table's root that hold a finished ``result.json``."""
-    return [f.parent for f in sorted(Path(root).glob(f"*/*/{RESULT_NAME}")) if read_result(f) is not None]
+def _finished(root: Path) -> list[tuple[Path, dict]]:
+    """``({row}/{unit} folder, result)`` of every finished unit under a table's root, all rows."""
+    rows = sorted(d.name for d in Path(root).iterdir() if d.is_dir()) if Path(root).is_dir() else []
+    return [found for row in rows for found in finished_units(root, row)]
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -63,9 +64,9 @@ def _copy_unit(source: Path, result: dict, dest: Path) -> bool:
 def publish(root: Path, records: Path) -> list[str]:
     """Copy every finished unit of the work folder ``root`` to ``records``; the units copied or updated."""
     done = []
-    for unit in _unit_folders(root):
+    for unit, result in _finished(root):
         name = str(unit.relative_to(root))
-        if _copy_unit(unit, read_result(unit / RESULT_NAME), Path(records) / name):
+        if _copy_unit(unit, result, Path(records) / name):
             done.append(name)
     return done
 
@@ -74,11 +75,11 @@ def restore(records: Path, root: Path) -> list[str]:
     """Copy into ``root`` every recorded unit that ``root`` does not hold finished; the units restored. A unit
     folder left by an interrupted attempt is replaced by the record (the unit is finished)."""
     done = []
-    for record in _unit_folders(records):
+    for record, result in _finished(records):
         name = str(record.relative_to(records))
         unit = Path(root) / name
         if read_result(unit / RESULT_NAME) is None:
-            _copy_unit(record, read_result(record / RESULT_NAME), unit)
+            _copy_unit(record, result, unit)
             done.append(name)
     return done
 
