@@ -54,11 +54,8 @@ def per_query(root: Path, row: str, metric: str) -> tuple[dict[str, float], int]
         if lines is None:
             continue
         units += 1
-        with open(lines, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    q = json.loads(line)
-                    sums.setdefault(str(q["query_id"]), []).append(float(q[metric]))
+        for qid, value in read_per_query(lines, metric).items():
+            sums.setdefault(qid, []).append(value)
     complete = {qid: statistics.fmean(v) for qid, v in sums.items() if len(v) == units}
     return complete, units
 
@@ -116,6 +113,11 @@ def unit_per_query(folder: Path, metric: str) -> dict[str, float]:
     lines = per_query_lines(Path(folder), result) if result is not None else None
     if lines is None:
         raise ValueError(f"{folder}: not a finished unit with per-query lines")
+    return read_per_query(lines, metric)
+
+
+def read_per_query(lines: Path, metric: str) -> dict[str, float]:
+    """``{query_id: metric}`` from a ``*.metrics.*.jsonl`` file (blank lines skipped)."""
     with open(lines, encoding="utf-8") as f:
         return {str(q["query_id"]): float(q[metric]) for q in map(json.loads, filter(str.strip, f))}
 
