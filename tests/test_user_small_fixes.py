@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -82,10 +84,39 @@ def test_bad_qrels_in_every_split_are_reported_at_once(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing written, not even the good split
 
 
-def _python_block(path: Path, after: str) -> str:
+def _code_block(path: Path, after: str, language: str = "python") -> str:
     text = path.read_text(encoding="utf-8")
-    start = text.index("```python", text.index(after)) + len("```python")
+    start = text.index(f"```{language}", text.index(after)) + len(f"```{language}")
     return text[start:text.index("```", start)].strip()
+
+
+def _python_block(path: Path, after: str) -> str:
+    return _code_block(path, after, "python")
+
+
+def _run_dense_flags(text: str) -> dict[str, tuple[str, ...]]:
+    """The flags of the first ``run_dense.py`` command in a shell text (continued lines joined, ``${VAR:-default}``
+    read as its default), without the ones that only name the output folder."""
+    lines = text[text.index("run_dense.py"):].splitlines()
+    end = next(i for i, line in enumerate(lines) if not line.rstrip().endswith("\\"))
+    command = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", " ".join(line.rstrip().rstrip("\\") for line in lines[:end + 1]))
+    flags: dict[str, list[str]] = {}
+    for token in shlex.split(command)[1:]:
+        if token.startswith("--"):
+            name = token
+            flags[name] = []
+        else:
+            flags[name].append(token)
+    return {k: tuple(v) for k, v in flags.items() if k not in ("--output_dir", "--overwrite_output_dir")}
+
+
+def test_readme_cli_training_is_the_quickstarts_command(repo_root):
+    """The README says its CLI block "is what the quickstart runs": the same flags and values as
+    scripts/quickstart.sh with its defaults (it once showed lr 5e-5 without warm-up against the script's 2e-5)."""
+    readme = _run_dense_flags(_code_block(repo_root / "README.md", "with the CLI (this is what the quickstart runs)", "bash"))
+    quickstart = _run_dense_flags((repo_root / "scripts" / "quickstart.sh").read_text(encoding="utf-8"))
+    assert quickstart["--learning_rate"] == ("2e-5",) and "--eval_on_start" in quickstart  # the parse saw the script
+    assert readme == quickstart
 
 
 def test_readme_and_training_doc_show_the_same_python_training(repo_root):
