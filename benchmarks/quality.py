@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score_key_max_length", type=int, default=192, help="tokens of each key the LM sees")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and encoding")
     p.add_argument("--score_processes", type=int, default=1,
-                   help="LM scoring processes (torchrun ranks, one thread each); 1 leaves a core to the rows that "
-                        "train meanwhile, the number of cores is fastest when only scored rows are left")
+                   help="LM scoring processes (torchrun ranks). The shared scoring runs them one thread each "
+                        "beside the training units (1 leaves a core to those; the number of cores is fastest when "
+                        "only scored rows are left); ours-3iter's scoring steps share --threads among them")
     p.add_argument("--stop_after", default=None, metavar="HH:MM",
                    help="UTC time after which no new unit starts (the aggregate is still written)")
     p.add_argument("--steps_plot", nargs="*", default=None, metavar="ROW",
@@ -270,7 +271,7 @@ def make_context(args, spec, split: qi.Split) -> Context:
     return Context(args.dataset, spec, args.recipe, split.train, split.mined, split.scored, split.eval_data,
                    split.n_train, threads=args.threads,
                    corpus_subsample=args.dev_corpus_subsample if args.split == "dev" else None,
-                   iter_queries=args.iter_queries, iter_rounds=args.iter_rounds)
+                   iter_queries=args.iter_queries, iter_rounds=args.iter_rounds, score_processes=args.score_processes)
 
 
 def run_table(args, spec, inputs, root: Path, units: list[Unit], log: Log, argv: list[str]) -> None:

@@ -94,6 +94,7 @@ class Context:
     checkpoints: bool = False             # keep checkpoints at 1/3 and 2/3 of training (for the steps plot)
     iter_queries: int | None = None
     iter_rounds: int = 3
+    score_processes: int = 1              # ours-3iter: LM scoring ranks (3iter.sh's SCORE_PROCESSES)
     env: dict = field(default_factory=dict)
 
 
@@ -201,6 +202,7 @@ def _three_iterations(ctx, unit, folder, run) -> Path:
     env = {"OUT": str(out), "N_QUERIES": str(ctx.iter_queries or ctx.n_train), "N_KEYS": str(r.group_size),
            "ROUNDS": str(ctx.iter_rounds), "EPOCHS": str(iter_epochs_per_round(ctx)), "BATCH": str(r.batch), "LR": str(r.lr),
            "TEMPLATE": ctx.spec.lm_template, "TORCH_THREADS": str(ctx.threads),
+           "SCORE_PROCESSES": str(ctx.score_processes),
            "EXTRA_TRAIN_ARGS": extra_train, "EXTRA_EVAL_ARGS": extra_eval}
     script = (f'source "{REPO}/scripts/lib/3iter.sh"; three_iterations {ctx.dataset} '
               f'{ctx.train} {ctx.spec.test} {ctx.spec.corpus}')

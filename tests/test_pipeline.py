@@ -27,7 +27,7 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     lm = build_tiny_lm(tmp_path / "tiny_lm")
     out = tmp_path / "out"
     env = dict(os.environ, ROUNDS="2", N_QUERIES="8", N_KEYS="2", MODEL=str(tiny_bert_dir), LM=str(lm),
-               BM25_BACKEND="bm25s", EPOCHS="1", BATCH="4", OUT=str(out), TORCH_THREADS="1",
+               BM25_BACKEND="bm25s", EPOCHS="1", BATCH="4", OUT=str(out), TORCH_THREADS="1", SCORE_PROCESSES="2",
                EXTRA_TRAIN_ARGS="--query_max_length 32 --key_max_length 64 --disable_tqdm True",
                EXTRA_EVAL_ARGS="--key_max_length 64")
     command = ["bash", "scripts/3iter-msmarco.sh", str(tmp_path / "train.json"), str(tmp_path / "test.json"),
@@ -43,6 +43,8 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
                                     for r in scored)
     mined = [json.loads(l) for l in (out / "round-1" / "train.neg.bm25.json").read_text().splitlines()]
     assert all(not set(r["neg_index"]) & set(r["pos_index"]) for r in mined)
+    for r, tag in (("1", "bm25"), ("2", "dense")):  # SCORE_PROCESSES=2: every scoring step ran on two ranks
+        assert json.loads((out / f"round-{r}" / f"train.neg.{tag}.scored.lm.meta.json").read_text())["world_size"] == 2
     assert (out / "round-2" / "model" / "model.safetensors").is_file()
     timings = [line.split("\t")[:2] for line in (out / "timings.tsv").read_text().splitlines()]
     assert timings == [["0", "evaluate"]] + [[r, s] for r in "12" for s in ("mine", "score", "train", "evaluate")]

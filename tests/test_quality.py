@@ -131,9 +131,13 @@ def test_three_iteration_row_trains_with_the_recipe(tmp_path, monkeypatch, fast)
     assert extra[extra.index("--fast_attention_dropout") + 1] == str(fast).lower()
     assert extra[extra.index("--seed") + 1] == "3" and env["LR"] == "0.0001" and env["N_KEYS"] == "2"
     assert env["EPOCHS"] == str(1 / 3) and env["ROUNDS"] == "3"  # the recipe's one epoch, shared among 3 rounds
+    assert env["SCORE_PROCESSES"] == "1"
     epochs3 = dataclasses.replace(ctx, recipe=recipe.with_overrides(["epochs=3"]))
     qr._three_iterations(epochs3, qp.Unit("ours-3iter", 3), tmp_path, lambda cmd, env=None: calls.append(env))
     assert calls[-1]["EPOCHS"] == "1.0"  # what the session-23 unit ran per round
+    qr._three_iterations(dataclasses.replace(ctx, score_processes=2), qp.Unit("ours-3iter", 3), tmp_path,
+                         lambda cmd, env=None: calls.append(env))
+    assert calls[-1]["SCORE_PROCESSES"] == "2"  # --score_processes reaches 3iter.sh's scoring steps
 
 
 def _finished_rounds(seed_dir: Path, rows: int = 4, max_neg: int = 1, key_max_length: int = 256,
