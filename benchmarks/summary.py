@@ -53,6 +53,8 @@ SPEED_RUNS = (
      "llm_embedder.DenseEncoder.encode --encode_backend onednn"),
     ("encoding (`--encode_backend onednn`)", "bench_encode_idle_residual_run2.json",
      "llm_embedder.DenseEncoder.encode --encode_backend onednn"),
+    ("encoding (`--encode_backend onednn`)", "bench_encode_s26.json",
+     "llm_embedder.DenseEncoder.encode --encode_backend onednn"),
 )
 
 
