@@ -32,7 +32,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import quality_inputs as qi  # noqa: E402
-from quality_compare import comparisons, markdown_comparisons  # noqa: E402
+from quality_compare import carry_query_views, comparisons, markdown_comparisons  # noqa: E402
 from quality_plan import Unit, aggregate, markdown_table, pending, plan, read_result  # noqa: E402
 from quality_records import publish, records_root, restore  # noqa: E402
 from quality_rows import DATASETS, ROWS, Context, Recipe, recorded_step_seconds, subprocess_runner  # noqa: E402
@@ -213,10 +213,14 @@ def write_aggregate(args, root: Path, log: Log, argv: list[str]) -> dict:
     labels = {r: ROWS[r].label for r in ROWS}
     agg = aggregate(root, table_rows, labels)
     agg["comparisons"] = comparisons(root, table_rows)
+    stem = Path(args.results) / results_stem(args)
+    previous = stem.with_name(stem.name + ".json")
+    carried = carry_query_views(agg["comparisons"], json.loads(previous.read_text()) if previous.is_file() else None)
+    if carried:
+        log(f"per-query views kept from the previous aggregate (units without lines now): {', '.join(carried)}")
     agg.update({"dataset": args.dataset, "split": args.split, "recipe": args.recipe.__dict__,
                 "command": "python benchmarks/quality.py " + " ".join(argv), "machine": machine(),
                 "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    stem = Path(args.results) / results_stem(args)
     write_json(stem.with_name(stem.name + ".json"), agg)
     text = markdown_table(agg)
     if agg["comparisons"]:

@@ -162,6 +162,28 @@ def comparisons(root: Path, rows: Sequence[str], metric: str = "ndcg@10") -> lis
     return out
 
 
+def carry_query_views(found: list[dict], previous: dict | None) -> list[str]:
+    """Keep the per-query view of a comparison whose units lost their per-query lines (restored from seed-only
+    records) when the table's previous aggregate had it for the same units: same rows and metric, same paired
+    seeds and the same per-seed differences. The view is marked ``carried_from`` (the previous aggregate's
+    time), so a re-aggregate never drops what an earlier one measured. Returns the comparisons carried."""
+    if not previous:
+        return []
+    written = previous.get("written", "an earlier aggregate")
+    old = {(c["a"], c["b"], c["metric"]): c for c in previous.get("comparisons", []) if c.get("queries")}
+    carried = []
+    for c in found:
+        before = old.get((c["a"], c["b"], c["metric"]))
+        if c["queries"] is not None or before is None:
+            continue
+        same_units = (before["seeds"]["paired_seeds"] == c["seeds"]["paired_seeds"]
+                      and all(abs(x - y) < 1e-12 for x, y in zip(before["seeds"]["differences"], c["seeds"]["differences"])))
+        if same_units:
+            c["queries"] = {"carried_from": written, **before["queries"]}
+            carried.append(f"{c['a']} minus {c['b']}")
+    return carried
+
+
 def markdown_comparisons(found: list[dict]) -> str:
     """The results page's comparison table, rows by their ``--rows`` names (A minus B; positive: A is ahead)."""
     if not found:
@@ -181,10 +203,15 @@ def markdown_comparisons(found: list[dict]) -> str:
             over = "no per-query lines"
         else:
             over = (f"{q['mean']:+.4f} [{q['ci95'][0]:+.4f}, {q['ci95'][1]:+.4f}]{' *' if q['significant'] else ''}, "
-                    f"{q['units_a']}/{q['units_b']}")
+                    f"{q['units_a']}/{q['units_b']}{' †' if 'carried_from' in q else ''}")
         lines.append(f"| `{c['a']}` minus `{c['b']}` | {per_seed} | {spread} | {over} |")
-    return "\n".join(lines) + "\n\n(\\*: the interval excludes 0.) Per-query values are averaged over each row's seeds " \
-                              "that kept per-query lines (units A/B); units restored from an aggregate have none.\n"
+    text = "\n".join(lines) + "\n\n(\\*: the interval excludes 0.) Per-query values are averaged over each row's seeds " \
+                               "that kept per-query lines (units A/B); units restored from an aggregate have none.\n"
+    carried = sorted({c["queries"]["carried_from"] for c in found if c["queries"] and "carried_from" in c["queries"]})
+    if carried:
+        text += (f"(†: from the aggregate written {', '.join(carried)}, when these units' per-query lines were on disk; "
+                 "the same units, by their per-seed values.)\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -135,3 +135,45 @@ def test_a_fresh_clone_resumes_the_table_from_the_records(tmp_path, monkeypatch)
     agg = json.loads((res / "quality_scifact.json").read_text())
     assert agg["rows"][0]["n_seeds"] == 3
     assert "restored from" in (tmp_path / "out2" / "log.txt").read_text()
+
+
+def test_a_reaggregate_keeps_the_per_query_view_of_units_that_lost_their_lines(tmp_path, monkeypatch):
+    """Units restored from seed-only records have no per-query lines; the table's next aggregate keeps the
+    interval the previous aggregate computed for the same units (marked †), and only for the same units."""
+    def runner(ctx, unit, folder, run):
+        bump = 0.1 if unit.row == "ours-bm25" else 0.0
+        with open(folder / "test.metrics.fake.jsonl", "w") as f:
+            for i in range(8):
+                f.write(json.dumps({"query_id": f"q{i}", "ndcg@10": (i % 3) / 3 + bump * (i % 2) + 0.01 * unit.seed}) + "\n")
+        out = folder / "test.eval.fake.json"
+        mean = sum((i % 3) / 3 + bump * (i % 2) + 0.01 * unit.seed for i in range(8)) / 8
+        out.write_text(json.dumps({"metrics": {"ndcg@10": mean, "recall@100": 0.9, "mrr@10": 0.4}}))
+        return out
+
+    monkeypatch.setattr(quality, "ROWS", {r: qr.Row(r, r, True, (), runner) for r in ("ours-bm25", "st-mnrl")})
+    out, res = tmp_path / "out", tmp_path / "res"
+    argv = ["--rows", "ours-bm25", "st-mnrl", "--seeds", "0", "1", "--out", str(out), "--results", str(res)]
+    assert quality.main(argv) == 0
+    first = json.loads((res / "quality_scifact.json").read_text())["comparisons"]
+    (view,) = [c["queries"] for c in first]
+    assert view["units_a"] == 2 and view["mean"] == pytest.approx(0.05)
+
+    for lines in list(out.rglob("*.metrics.*.jsonl")) + list(res.rglob("*.metrics.*.jsonl")):
+        lines.unlink()  # what a restore from seed-only records leaves
+    assert qc.comparisons(out / "scifact" / "test" / "default", ["ours-bm25", "st-mnrl"])[0]["queries"] is None
+    assert quality.main(argv + ["--aggregate_only"]) == 0
+    agg = json.loads((res / "quality_scifact.json").read_text())
+    kept = agg["comparisons"][0]["queries"]
+    assert {k: v for k, v in kept.items() if k != "carried_from"} == view and kept["carried_from"]
+    assert " †" in (res / "quality_scifact.md").read_text()
+    assert quality.main(argv + ["--aggregate_only"]) == 0  # kept again, with its first origin
+    assert json.loads((res / "quality_scifact.json").read_text())["comparisons"][0]["queries"] == kept
+
+    # guard: other units (a changed per-seed value) are not described by the old interval
+    result = out / "scifact" / "test" / "default" / "st-mnrl" / "seed1" / "result.json"
+    changed = json.loads(result.read_text())
+    changed["metrics"]["ndcg@10"] += 0.02
+    result.write_text(json.dumps(changed))
+    assert quality.main(argv + ["--aggregate_only"]) == 0
+    assert json.loads((res / "quality_scifact.json").read_text())["comparisons"][0]["queries"] is None
+    assert qc.carry_query_views(agg["comparisons"], None) == []
