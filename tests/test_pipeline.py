@@ -9,7 +9,6 @@ import pytest
 
 from test_lm_fixtures import build_tiny_lm
 
-pytestmark = pytest.mark.slow
 
 
 def head(src, dst, n):
@@ -17,6 +16,7 @@ def head(src, dst, n):
     dst.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tiny_bert_dir, tmp_path):
     head(data_dir / "pubmedqa" / "train.json", tmp_path / "train.json", 12)
     rows = [json.loads(line) for line in (tmp_path / "train.json").read_text().splitlines()]
@@ -73,3 +73,20 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     assert round1_model.stat().st_mtime_ns == round1_at
     lines = [line.split("\t")[:2] for line in (out / "timings.tsv").read_text().splitlines()]
     assert len(lines) == 11 and lines[-2:] == [["2", "train"], ["2", "evaluate"]]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("SCORE_PROCESSES=two", "SCORE_PROCESSES=two: expected a positive whole number"),
+    ("ROUNDS=-1", "ROUNDS=-1: expected a positive whole number"),
+    ("EPOCHS=0", "EPOCHS=0: expected a positive number"),
+    ("N_KEYS=1", "N_KEYS=1: needs at least 2"),
+])
+def test_three_iterations_refuses_a_bad_size_before_any_work(repo_root, tmp_path, setting, message):
+    name, value = setting.split("=")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), **{name: value})
+    proc = subprocess.run(["bash", "-c", 'source scripts/lib/3iter.sh; three_iterations toy t.json d.json c.jsonl'],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"3iter.sh: {message}" + (
+        " (the positive and a negative)" if name == "N_KEYS" else "")]
+    assert not out.exists()  # nothing started

@@ -24,7 +24,13 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 three_iterations() {
-  local name=$1 train=$2 test=$3 corpus=$4
+  local name=$1 train=$2 test=$3 corpus=$4 v
+  for v in ROUNDS N_QUERIES N_KEYS MAX_POS SCORE_PROCESSES BATCH; do  # before any work: one line naming the variable
+    [[ -z ${!v:-} || ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "3iter.sh: $v=${!v}: expected a positive whole number" >&2; return 2; }
+  done
+  [[ -z ${EPOCHS:-} || ( $EPOCHS =~ ^[0-9]*\.?[0-9]+$ && $EPOCHS =~ [1-9] ) ]] ||
+    { echo "3iter.sh: EPOCHS=$EPOCHS: expected a positive number" >&2; return 2; }
+  [[ ${N_KEYS:-6} -ge 2 ]] || { echo "3iter.sh: N_KEYS=$N_KEYS: needs at least 2 (the positive and a negative)" >&2; return 2; }
   local out=${OUT:-runs/3iter-$name} rounds=${ROUNDS:-3} n_queries=${N_QUERIES:-48} n_keys=${N_KEYS:-6}
   local max_pos=${MAX_POS:-$(( ${N_KEYS:-6} - 1 ))}
   local model=${MODEL:-minilm} lm=${LM:-smollm2} template=${TEMPLATE:-auto}
