@@ -214,14 +214,14 @@ def write_aggregate(args, root: Path, log: Log, argv: list[str]) -> dict:
     agg = aggregate(root, table_rows, labels)
     agg["comparisons"] = comparisons(root, table_rows)
     stem = Path(args.results) / results_stem(args)
-    previous = stem.with_name(stem.name + ".json")
-    carried = carry_query_views(agg["comparisons"], json.loads(previous.read_text()) if previous.is_file() else None)
+    agg_path = stem.with_name(stem.name + ".json")  # read (the previous aggregate), then replaced
+    carried = carry_query_views(agg["comparisons"], json.loads(agg_path.read_text()) if agg_path.is_file() else None)
     if carried:
         log(f"per-query views kept from the previous aggregate (units without lines now): {', '.join(carried)}")
     agg.update({"dataset": args.dataset, "split": args.split, "recipe": args.recipe.__dict__,
                 "command": "python benchmarks/quality.py " + " ".join(argv), "machine": machine(),
                 "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    write_json(stem.with_name(stem.name + ".json"), agg)
+    write_json(agg_path, agg)
     text = markdown_table(agg)
     if agg["comparisons"]:
         text += "\n" + markdown_comparisons(agg["comparisons"])
