@@ -126,9 +126,11 @@ def render(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def replace_section(page: str, section: str) -> str:
+def replace_section(page: str, section: str, name: Path = PAGE) -> str:
+    """``page`` with the text between its summary markers replaced by ``section``; ``name`` is the file the
+    error names when the markers are missing."""
     if START not in page or END not in page:
-        raise ValueError(f"{PAGE}: no {START} ... {END} markers")
+        raise ValueError(f"{name}: no {START} ... {END} markers")
     head, rest = page.split(START, 1)
     return head + section + rest.split(END, 1)[1]
 
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     page = args.page.read_text(encoding="utf-8")
     try:
-        new = replace_section(page, render(args.results))
+        new = replace_section(page, render(args.results), args.page)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -68,4 +68,4 @@ def test_a_page_without_markers_is_refused(tmp_path, capsys):
     page = tmp_path / "results.md"
     page.write_text("# Results\n")
     assert summary.main(["--check", "--page", str(page)]) == 2
-    assert "no <!-- summary:start -->" in capsys.readouterr().err
+    assert f"{page}: no <!-- summary:start -->" in capsys.readouterr().err  # names the file given, not the default

@@ -90,10 +90,6 @@ def _code_block(path: Path, after: str, language: str = "python") -> str:
     return text[start:text.index("```", start)].strip()
 
 
-def _python_block(path: Path, after: str) -> str:
-    return _code_block(path, after, "python")
-
-
 def _run_dense_flags(text: str) -> dict[str, tuple[str, ...]]:
     """The flags of the first ``run_dense.py`` command in a shell text (continued lines joined, ``${VAR:-default}``
     read as its default), without the ones that only name the output folder."""
@@ -121,7 +117,7 @@ def test_readme_cli_training_is_the_quickstarts_command(repo_root):
 
 def test_readme_and_training_doc_show_the_same_python_training(repo_root):
     """One way to train and save from Python, the same in README and docs/training.md."""
-    readme = _python_block(repo_root / "README.md", "The same from Python")
-    training = _python_block(repo_root / "docs" / "training.md", "## From Python")
+    readme = _code_block(repo_root / "README.md", "The same from Python")
+    training = _code_block(repo_root / "docs" / "training.md", "## From Python")
     assert readme == training
     assert "trainer.save_model(" in readme
