@@ -18,7 +18,7 @@ start=$(date +%s)
   --output_dir "$OUT" --overwrite_output_dir \
   --train_group_size "${QUICKSTART_GROUP_SIZE:-2}" \
   --per_device_train_batch_size 32 --per_device_eval_batch_size 32 \
-  --num_train_epochs "${QUICKSTART_EPOCHS:-1}" --learning_rate "${QUICKSTART_LR:-2e-5}" --warmup_ratio 0.1 \
+  --num_train_epochs "${QUICKSTART_EPOCHS:-2}" --learning_rate "${QUICKSTART_LR:-1e-4}" --warmup_ratio 0.1 \
   --cos_temperature "${QUICKSTART_TEMPERATURE:-0.05}" \
   --query_max_length 64 --key_max_length 256 \
   --metrics ndcg recall mrr --cutoffs 10 100 \

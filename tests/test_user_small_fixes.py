@@ -111,7 +111,7 @@ def test_readme_cli_training_is_the_quickstarts_command(repo_root):
     scripts/quickstart.sh with its defaults (it once showed lr 5e-5 without warm-up against the script's 2e-5)."""
     readme = _run_dense_flags(_code_block(repo_root / "README.md", "with the CLI (this is what the quickstart runs)", "bash"))
     quickstart = _run_dense_flags((repo_root / "scripts" / "quickstart.sh").read_text(encoding="utf-8"))
-    assert quickstart["--learning_rate"] == ("2e-5",) and "--eval_on_start" in quickstart  # the parse saw the script
+    assert quickstart["--learning_rate"] == ("1e-4",) and "--eval_on_start" in quickstart  # the parse saw the script
     assert readme == quickstart
 
 
