@@ -121,3 +121,17 @@ def test_readme_and_training_doc_show_the_same_python_training(repo_root):
     training = _code_block(repo_root / "docs" / "training.md", "## From Python")
     assert readme == training
     assert "trainer.save_model(" in readme
+
+
+def test_python_training_example_uses_the_quickstarts_recipe(repo_root):
+    """The Python example's comment says it is the quickstart's recipe: its RetrievalTrainingArguments keywords
+    equal the quickstart's flags of the same name (the example once trained at HF's default rate and τ 0.01)."""
+    import ast
+
+    tree = ast.parse(_code_block(repo_root / "README.md", "The same from Python"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "RetrievalTrainingArguments")
+    example = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg != "output_dir"}
+    quickstart = _run_dense_flags((repo_root / "scripts" / "quickstart.sh").read_text(encoding="utf-8"))
+    assert set(example) == {"per_device_train_batch_size", "num_train_epochs", "learning_rate", "warmup_ratio", "cos_temperature"}
+    for name, value in example.items():
+        assert float(quickstart["--" + name][0]) == float(value), name
