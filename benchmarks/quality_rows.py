@@ -192,7 +192,7 @@ def _three_iterations(ctx, unit, folder, run) -> Path:
         raise ValueError("--rows ours-3iter: the 3-iteration row runs on the test split only (not --split dev)")
     check_setup_is_noop()
     r = ctx.recipe
-    extra_train = (f"--seed {unit.seed} --warmup_ratio {r.warmup} --cos_temperature {r.temperature} "
+    extra_train = (f"--warmup_ratio {r.warmup} --cos_temperature {r.temperature} "
                    f"--query_max_length {r.query_max_length} --key_max_length {r.key_max_length} "
                    f"--add_instruction {str(r.instruction).lower()} "
                    f"--fast_attention_dropout {str(r.fast_attention_dropout).lower()} --disable_tqdm true --report_to none")
@@ -202,7 +202,7 @@ def _three_iterations(ctx, unit, folder, run) -> Path:
     env = {"OUT": str(out), "N_QUERIES": str(ctx.iter_queries or ctx.n_train), "N_KEYS": str(r.group_size),
            "ROUNDS": str(ctx.iter_rounds), "EPOCHS": str(iter_epochs_per_round(ctx)), "BATCH": str(r.batch), "LR": str(r.lr),
            "TEMPLATE": ctx.spec.lm_template, "TORCH_THREADS": str(ctx.threads),
-           "SCORE_PROCESSES": str(ctx.score_processes),
+           "SCORE_PROCESSES": str(ctx.score_processes), "SEED": str(unit.seed),  # round R: data seed SEED+R-1
            "EXTRA_TRAIN_ARGS": extra_train, "EXTRA_EVAL_ARGS": extra_eval}
     script = (f'source "{REPO}/scripts/lib/3iter.sh"; three_iterations {ctx.dataset} '
               f'{ctx.train} {ctx.spec.test} {ctx.spec.corpus}')

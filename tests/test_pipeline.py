@@ -46,6 +46,11 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     for r, tag in (("1", "bm25"), ("2", "dense")):  # SCORE_PROCESSES=2: every scoring step ran on two ranks
         assert json.loads((out / f"round-{r}" / f"train.neg.{tag}.scored.lm.meta.json").read_text())["world_size"] == 2
     assert (out / "round-2" / "model" / "model.safetensors").is_file()
+    # every round shuffles with its own data seed (SEED 42 by default: 42, 43), or a round of less than an
+    # epoch would train on the same queries as the round before it
+    data_seeds = [json.loads((out / f"round-{r}" / "model" / "training_args.json").read_text())["data_seed"]
+                  for r in (1, 2)]
+    assert data_seeds == [42, 43]
     timings = [line.split("\t")[:2] for line in (out / "timings.tsv").read_text().splitlines()]
     assert timings == [["0", "evaluate"]] + [[r, s] for r in "12" for s in ("mine", "score", "train", "evaluate")]
 
@@ -80,6 +85,7 @@ def test_three_iteration_script_runs_on_any_schema_data(repo_root, data_dir, tin
     ("ROUNDS=-1", "ROUNDS=-1: expected a positive whole number"),
     ("EPOCHS=0", "EPOCHS=0: expected a positive number"),
     ("N_KEYS=1", "N_KEYS=1: needs at least 2"),
+    ("SEED=-3", "SEED=-3: expected a whole number"),
 ])
 def test_three_iterations_refuses_a_bad_size_before_any_work(repo_root, tmp_path, setting, message):
     name, value = setting.split("=")

@@ -129,7 +129,8 @@ def test_three_iteration_row_trains_with_the_recipe(tmp_path, monkeypatch, fast)
     (env,) = calls
     extra = env["EXTRA_TRAIN_ARGS"].split()
     assert extra[extra.index("--fast_attention_dropout") + 1] == str(fast).lower()
-    assert extra[extra.index("--seed") + 1] == "3" and env["LR"] == "0.0001" and env["N_KEYS"] == "2"
+    assert env["SEED"] == "3" and "--seed" not in extra  # 3iter.sh: --seed 3, round R shuffles with 3 + R - 1
+    assert env["LR"] == "0.0001" and env["N_KEYS"] == "2"
     assert env["EPOCHS"] == str(1 / 3) and env["ROUNDS"] == "3"  # the recipe's one epoch, shared among 3 rounds
     assert env["SCORE_PROCESSES"] == "1"
     epochs3 = dataclasses.replace(ctx, recipe=recipe.with_overrides(["epochs=3"]))
