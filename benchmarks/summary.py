@@ -83,11 +83,12 @@ def quality_section(results: Path, dataset: str) -> list[str]:
     for i, agg in enumerate(aggregates):
         for row in agg["rows"]:
             labels.setdefault(row["row"], row["label"])
-            cells.setdefault(row["row"], {})[i] = cell(row)
+            if "ndcg@10" in row["summary"]:  # a row listed but with no finished unit ("not run") stays "–"
+                cells.setdefault(row["row"], {})[i] = cell(row)
     lines = [f"| {dataset} test nDCG@10 | " + " | ".join(t.column for t in tables) + " |",
              "|---|" + "---|" * len(tables)]
     for row_id, label in labels.items():
-        lines.append(f"| {label} | " + " | ".join(cells[row_id].get(i, "–") for i in range(len(tables))) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells.get(row_id, {}).get(i, "–") for i in range(len(tables))) + " |")
     lines.append("")
     lines.append("Files: " + ", ".join(f"`{t.file}`" for t in tables) + ".")
     return lines

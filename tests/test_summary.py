@@ -64,6 +64,17 @@ def test_cells_and_speed_rows_by_hand(tmp_path):
                          "peak (52.9% theirs), 4 rounds × 3 steps | hostx |"]
 
 
+def test_a_row_with_no_finished_unit_is_a_dash(tmp_path, monkeypatch):
+    """An aggregate lists every row asked for; one whose units were superseded or not yet run has no summary."""
+    table = summary.QUALITY_TABLES[0]
+    rows = [{"row": "ours-bm25", "label": "BM25 negatives", "summary": {"ndcg@10": {"mean": 0.75, "std": 0.01, "n": 3}}},
+            {"row": "ours-3iter", "label": "3 iterations", "summary": {}}]
+    (tmp_path / table.file).write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(summary, "QUALITY_TABLES", (table,))
+    lines = summary.quality_section(tmp_path, table.dataset)
+    assert lines[2:4] == ["| BM25 negatives | 0.7500 ± 0.0100 (3) |", "| 3 iterations | – |"]
+
+
 def test_a_page_without_markers_is_refused(tmp_path, capsys):
     page = tmp_path / "results.md"
     page.write_text("# Results\n")
