@@ -75,6 +75,7 @@ def build(model_args, data_args, args) -> Run:
     import jax
 
     from ..data.collator import EmbedderCollator
+    from ..training.arguments import shuffle_seed
     from ..training.model import task_losses
     from ..training.trainer import loss_params_from_args
     from ..training.run import load_inputs, task_instructions
@@ -116,8 +117,7 @@ def build(model_args, data_args, args) -> Run:
                                                    "key": loaded.settings["key_max_length"]})
     collator = EmbedderCollator(tokenizer, add_instruction=bool(instructions), instructions=instructions or None,
                                 tasks=tasks, default_task=data_args.default_task)
-    seed = args.data_seed if args.data_seed is not None else args.seed
-    stream = BatchStream(dataset, collator, global_batch, seed, data_args.inbatch_same_dataset, data_args.dataset_weights)
+    stream = BatchStream(dataset, collator, global_batch, shuffle_seed(args), data_args.inbatch_same_dataset, data_args.dataset_weights)
     updates_per_epoch = max(len(stream) // args.gradient_accumulation_steps, 1)
     total = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(args.num_train_epochs * updates_per_epoch)
     warmup = args.warmup_steps or math.ceil((args.warmup_ratio or 0.0) * total)

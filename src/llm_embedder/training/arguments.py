@@ -136,6 +136,12 @@ class DataArguments:
                             "give the file of that split with --train_data")
 
 
+def shuffle_seed(args) -> int:
+    """The seed of the training data's order: HF's ``--data_seed`` when given, else ``--seed`` (torch and JAX
+    trainers alike; 3iter.sh gives each round its own data seed)."""
+    return args.data_seed if args.data_seed is not None else args.seed
+
+
 @dataclass
 class RetrievalTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the loss options of LLM-Embedder (DESIGN.md §3)."""

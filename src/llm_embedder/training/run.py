@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError, cli_guard
-from .arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+from .arguments import DataArguments, ModelArguments, RetrievalTrainingArguments, shuffle_seed
 
 logger = logging.getLogger("llm_embedder.train")
 
@@ -125,9 +125,8 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, training_a
     corpus = load_corpus(data_args.corpus, data_args.key_template) if data_args.corpus else None
     train_dataset = None
     if data_args.train_data:
-        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
         train_dataset = TrainDataset(data_args.train_data, corpus=corpus,
-                                     args=TrainDataArgs.from_args(data_args, training_args), seed=seed)
+                                     args=TrainDataArgs.from_args(data_args, training_args), seed=shuffle_seed(training_args))
         from .model import task_losses
 
         task_losses(train_dataset.recipes, training_args.negative_cross_device)  # every loss term exists, before any model

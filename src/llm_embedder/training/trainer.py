@@ -30,6 +30,7 @@ from ..loss_settings import LOSS_SETTINGS
 from ..modeling.grad_cache import replay_through
 from ..modeling.losses import LossParams
 from ..io import write_json
+from .arguments import shuffle_seed
 from .model import EmbedderModel, task_losses
 from .train_log import TrainLogCallback
 
@@ -139,7 +140,7 @@ class EmbedderTrainer(Trainer):
         sampler = TaskBatchSampler(
             self.train_dataset.file_sizes, per_device_batch_size=self.args.per_device_train_batch_size,
             world_size=self.args.world_size, rank=self.args.process_index, mode=self.sampler_mode,
-            dataset_weights=self.dataset_weights, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            dataset_weights=self.dataset_weights, seed=shuffle_seed(self.args),
             drop_last=True,  # every batch full: one recipe, G keys per query, equal work per rank
         )
         for path, dropped, size in zip(self.train_dataset.paths, sampler.dropped, self.train_dataset.file_sizes):
