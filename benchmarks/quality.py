@@ -35,11 +35,9 @@ import quality_inputs as qi  # noqa: E402
 from quality_compare import carry_query_views, comparisons, markdown_comparisons  # noqa: E402
 from quality_plan import Unit, aggregate, markdown_table, pending, plan, read_result  # noqa: E402
 from quality_records import publish, records_root, restore  # noqa: E402
-from quality_rows import DATASETS, ROWS, Context, Recipe, recorded_step_seconds, subprocess_runner  # noqa: E402
+from quality_rows import DATASETS, ITER_ROW, ROWS, Context, Recipe, recorded_step_seconds, subprocess_runner  # noqa: E402
 
 from llm_embedder.io import atomic_write, write_json  # noqa: E402
-
-ITER_ROW = "ours-3iter"
 
 
 def build_parser() -> argparse.ArgumentParser:

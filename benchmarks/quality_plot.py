@@ -3,7 +3,8 @@
 The first seed of every trained row keeps checkpoints at 1/3 and 2/3 of training (``--save_steps``); this
 evaluates them with the rows' own evaluation command (each result kept under ``{unit}/steps/``, so the plot
 resumes too), takes step 0 from the base-model row and the last step from the unit's result, and draws one
-line per row.
+line per row. The 3-iteration row keeps no checkpoints: its points are the end of each round (the round's own
+test evaluation, at the steps its rounds trained so far).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 
 from quality_plan import Unit, read_result
-from quality_rows import REPO, Context, dense_method, eval_cmd, eval_file, steps_per_epoch, subprocess_runner
+from quality_rows import ITER_ROW, REPO, Context, dense_method, eval_cmd, eval_file, steps_per_epoch, subprocess_runner
 
 from llm_embedder.io import write_json
 
@@ -22,6 +23,22 @@ def checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in Path(model_dir).glob("checkpoint-*")
              if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
     return sorted(found)
+
+
+def rounds(unit_folder: Path) -> list[tuple[int, Path]]:
+    """``(steps trained so far, round folder)`` of a 3-iteration unit's finished rounds, in order. A round's steps
+    are the last ``step`` its trainer logged (``model/train_log.jsonl``)."""
+    found = sorted((int(m.group(1)), p) for p in Path(unit_folder, "3iter").glob("round-*")
+                   if (m := re.fullmatch(r"round-(\d+)", p.name)) and int(m.group(1)) > 0 and (p / "model" / ".complete").exists())
+    out, steps = [], 0
+    for _, folder in found:
+        log = folder / "model" / "train_log.jsonl"
+        logged = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        if not logged:
+            raise ValueError(f"--steps_plot {ITER_ROW}: {log} has no logged step")
+        steps += max(int(entry.get("step", 0)) for entry in logged)
+        out.append((steps, folder))
+    return out
 
 
 def evaluated(ctx: Context, out: Path, name: str, encoder: str, log) -> dict:
@@ -48,16 +65,27 @@ def curve(ctx: Context, root: Path, row: str, seed: int, log) -> list[dict]:
         raise ValueError(f"--steps_plot {row}: needs finished units base/once and {row}/seed{seed} first")
     folder = Unit(row, seed).folder(root)
     sub = f"-sub{ctx.corpus_subsample}" if ctx.corpus_subsample else ""
-    total = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs)
     if sub:
         points = [{"step": 0, **evaluated(ctx, Unit("base", None).folder(root) / f"steps{sub}", "step0", "minilm", log)}]
     else:
         points = [{"step": 0, **base["metrics"]}]
-    for step, path in checkpoints(folder / "model"):
-        if step < total:  # the last step is the saved model itself
+    if row == ITER_ROW:
+        ends = rounds(folder)
+        if not ends:
+            raise ValueError(f"--steps_plot {row}: {folder / '3iter'} has no finished round")
+        inner = [(step, round_folder / "model") for step, round_folder in ends[:-1]]
+        total, last = ends[-1][0], ends[-1][1] / "model"
+    else:
+        total, last = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs), folder / "model"
+        inner = [(step, path) for step, path in checkpoints(last) if step < total]  # the last step is the saved model
+    for step, path in inner:
+        own = eval_file(ctx.eval_data, path.parent, "eval")  # a 3-iteration round's own test evaluation
+        if not sub and row == ITER_ROW and own.is_file():
+            points.append({"step": step, **json.loads(own.read_text())["metrics"]})
+        else:
             points.append({"step": step, **evaluated(ctx, folder / f"steps{sub}", f"step{step}", str(path), log)})
     if sub:
-        points.append({"step": total, **evaluated(ctx, folder / f"steps{sub}", f"step{total}", str(folder / "model"), log)})
+        points.append({"step": total, **evaluated(ctx, folder / f"steps{sub}", f"step{total}", str(last), log)})
     else:
         points.append({"step": total, **final["metrics"]})
     return points

@@ -22,6 +22,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+ITER_ROW = "ours-3iter"   # the 3-iteration row: rounds of scripts/lib/3iter.sh, run after the others
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ ROWS = {r.name: r for r in [
     Row("st-mnrl", "sentence-transformers MNRL, BM25 hard negatives", True, ("mined",), _trained(_st)),
     Row("ours-distill", "ours, contrastive + stable distillation (SmolLM2)", True, ("mined", "scored"),
         _trained(_ours_distill)),
-    Row("ours-3iter", "ours, 3-iteration pipeline (mine, score, train)", True, (), _three_iterations),
+    Row(ITER_ROW, "ours, 3-iteration pipeline (mine, score, train)", True, (), _three_iterations),
 ]}
 
 

@@ -421,6 +421,51 @@ def test_steps_curve_full_corpus_and_subsample(tmp_path, monkeypatch):
         quality_plot.curve(ctx, tmp_path, "b", 0, print)
 
 
+def test_steps_curve_of_the_3iteration_row_is_its_rounds(tmp_path, monkeypatch):
+    """The 3-iteration row keeps no checkpoints: its points are the rounds' ends, at the steps trained so far
+    (each round's logged steps added up), from each round's own test evaluation; an unfinished round is left out."""
+    import quality_plot
+    evaluated = []
+
+    def fake_runner(log_file, threads, commands):
+        def run(cmd, env=None):
+            out, name, encoder = (cmd[cmd.index(flag) + 1] for flag in ("--output_dir", "--save_name", "--query_encoder"))
+            evaluated.append(encoder)
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / f"test.eval.{name}.json").write_text(json.dumps({"metrics": {"ndcg@10": 0.5}}))
+        return run
+
+    monkeypatch.setattr(quality_plot, "subprocess_runner", fake_runner)
+    unit = qp.Unit(qr.ITER_ROW, 0)
+    write_result(tmp_path, qp.Unit("base", None), 0.6)
+    write_result(tmp_path, unit, 0.79)
+    ctx = qr.Context("scifact", qr.DATASETS["scifact"], qr.Recipe(), "t", None, None, "llm-embedder:scifact/test.json", n_train=809)
+    for r, steps, ndcg in ((1, 17, 0.70), (2, 16, 0.75), (3, 17, 0.79)):
+        folder = unit.folder(tmp_path) / "3iter" / f"round-{r}"
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "train_log.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, steps + 1)) + json.dumps({"step": steps, "train_runtime": 9}) + "\n")
+        (folder / "test.eval.eval.json").write_text(json.dumps({"metrics": {"ndcg@10": ndcg}}))
+    for r in (1, 2):
+        (unit.folder(tmp_path) / "3iter" / f"round-{r}" / "model" / ".complete").touch()
+    with pytest.raises(ValueError, match="train_log.jsonl has no logged step"):
+        (unit.folder(tmp_path) / "3iter" / "round-2" / "model" / "train_log.jsonl").write_text("")
+        quality_plot.rounds(unit.folder(tmp_path))
+    (unit.folder(tmp_path) / "3iter" / "round-2" / "model" / "train_log.jsonl").write_text(json.dumps({"step": 16}) + "\n")
+    assert [s for s, _ in quality_plot.rounds(unit.folder(tmp_path))] == [17, 33]   # round 3 unfinished: left out
+    (unit.folder(tmp_path) / "3iter" / "round-3" / "model" / ".complete").touch()
+    full = quality_plot.curve(ctx, tmp_path, qr.ITER_ROW, 0, print)
+    assert [(p["step"], p["ndcg@10"]) for p in full] == [(0, 0.6), (17, 0.70), (33, 0.75), (50, 0.79)]
+    assert evaluated == []                                            # the rounds' own evaluations, none redone
+    ctx.corpus_subsample = 50
+    sub = quality_plot.curve(ctx, tmp_path, qr.ITER_ROW, 0, print)
+    assert [p["step"] for p in sub] == [0, 17, 33, 50] and len(evaluated) == 4  # every point on the subsample
+    assert evaluated[1:] == [str(unit.folder(tmp_path) / "3iter" / f"round-{r}" / "model") for r in (1, 2, 3)]
+    with pytest.raises(ValueError, match="has no finished round"):
+        write_result(tmp_path, qp.Unit(qr.ITER_ROW, 1), 0.7)
+        quality_plot.curve(ctx, tmp_path, qr.ITER_ROW, 1, print)
+
+
 def test_aggregate_carries_the_paired_comparisons(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(quality, "ROWS", {"ours-bm25": fake_row("ours-bm25", calls), "st-mnrl": fake_row("st-mnrl", calls)})
