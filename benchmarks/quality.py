@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTC time after which no new unit starts (the aggregate is still written)")
     p.add_argument("--steps_plot", nargs="*", default=None, metavar="ROW",
                    help="instead of the table: evaluate the checkpoints of these rows' first seed and plot nDCG@10 "
-                        "over training steps")
+                        f"over training steps ({ITER_ROW}: the end of each round, from the rounds' own evaluations)")
     p.add_argument("--steps_corpus_subsample", type=int, default=None, metavar="N",
                    help="--steps_plot on a cheaper corpus: the positives plus N seeded other rows, every point "
                         "(step 0 and the last step too) evaluated on it")
