@@ -79,8 +79,8 @@ def curve(ctx: Context, root: Path, row: str, seed: int, log) -> list[dict]:
         total, last = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs), folder / "model"
         inner = [(step, path) for step, path in checkpoints(last) if step < total]  # the last step is the saved model
     for step, path in inner:
-        own = eval_file(ctx.eval_data, path.parent, "eval")  # a 3-iteration round's own test evaluation
-        if not sub and row == ITER_ROW and own.is_file():
+        own = eval_file(ctx.eval_data, path.parent, "eval") if row == ITER_ROW else None  # a round's own test evaluation
+        if not sub and own is not None and own.is_file():
             points.append({"step": step, **json.loads(own.read_text())["metrics"]})
         else:
             points.append({"step": step, **evaluated(ctx, folder / f"steps{sub}", f"step{step}", str(path), log)})
