@@ -69,21 +69,22 @@ def curve(ctx: Context, root: Path, row: str, seed: int, log) -> list[dict]:
         points = [{"step": 0, **evaluated(ctx, Unit("base", None).folder(root) / f"steps{sub}", "step0", "minilm", log)}]
     else:
         points = [{"step": 0, **base["metrics"]}]
+    known: dict[int, dict] = {}  # steps the run evaluated itself on the full corpus (a 3-iteration round's test)
     if row == ITER_ROW:
         ends = rounds(folder)
         if not ends:
             raise ValueError(f"--steps_plot {row}: {folder / '3iter'} has no finished round")
         inner = [(step, round_folder / "model") for step, round_folder in ends[:-1]]
         total, last = ends[-1][0], ends[-1][1] / "model"
+        if not sub:
+            known = {step: json.loads(own.read_text())["metrics"] for step, round_folder in ends[:-1]
+                     if (own := eval_file(ctx.eval_data, round_folder, "eval")).is_file()}
     else:
         total, last = math.ceil(steps_per_epoch(ctx) * ctx.recipe.epochs), folder / "model"
         inner = [(step, path) for step, path in checkpoints(last) if step < total]  # the last step is the saved model
     for step, path in inner:
-        own = eval_file(ctx.eval_data, path.parent, "eval") if row == ITER_ROW else None  # a round's own test evaluation
-        if not sub and own is not None and own.is_file():
-            points.append({"step": step, **json.loads(own.read_text())["metrics"]})
-        else:
-            points.append({"step": step, **evaluated(ctx, folder / f"steps{sub}", f"step{step}", str(path), log)})
+        metrics = known.get(step) or evaluated(ctx, folder / f"steps{sub}", f"step{step}", str(path), log)
+        points.append({"step": step, **metrics})
     if sub:
         points.append({"step": total, **evaluated(ctx, folder / f"steps{sub}", f"step{total}", str(last), log)})
     else:
